@@ -1,0 +1,403 @@
+//! Configuration, layered: built-in defaults, then a TOML file, then `TENURE_*`
+//! environment variables (nested keys with `__`, e.g. `TENURE_AUTH__ISSUER`), then
+//! command-line flags; then [`Config::validate`]. `deploy/tenure.example.toml` lists
+//! every key with its default, and a test parses it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::MAX_LEEWAY_SECS;
+
+/// The four contexts a server can run.
+pub const CONTEXTS: [&str; 4] = ["assignments", "activation", "reviews", "notifications"];
+
+/// Everything a `tenure serve` process is told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Where the embedded database, the development issuer's key and other local state
+    /// live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`. Unset: a SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// Which contexts this process serves: "all", or a comma-separated list.
+    pub contexts: String,
+    /// Where the contexts this process does not serve are reached.
+    pub peers: Peers,
+    /// Logging and tracing.
+    pub telemetry: TelemetryConfig,
+    /// Who may call, and how tokens are checked.
+    pub auth: AuthConfig,
+    /// Limits that protect the server.
+    pub limits: Limits,
+}
+
+/// Addresses of other contexts (`http://host:port`) for a split deployment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Peers {
+    /// The assignments context.
+    pub assignments: Option<String>,
+    /// The activation context.
+    pub activation: Option<String>,
+    /// The reviews context.
+    pub reviews: Option<String>,
+    /// The notifications context.
+    pub notifications: Option<String>,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for deployments.
+    Json,
+}
+
+/// Logging and tracing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Text or JSON logs. The level comes from `RUST_LOG` (default `info`).
+    pub log_format: LogFormat,
+    /// An OTLP/gRPC collector endpoint (`http://collector:4317`); traces are exported
+    /// only when set.
+    pub otlp_endpoint: Option<String>,
+    /// The service name reported to the collector.
+    pub service_name: Option<String>,
+}
+
+/// Whether the local development issuer runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevIssuerMode {
+    /// On when no identity provider is configured (no `jwks_file`/`jwks_url`) and the
+    /// server listens on loopback; off otherwise.
+    #[default]
+    Auto,
+    /// Always on (still refused on a non-loopback address without
+    /// `dev_issuer_allow_non_loopback`).
+    On,
+    /// Never on.
+    Off,
+}
+
+/// Token checking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The expected `iss` of tokens from the identity provider.
+    pub issuer: Option<String>,
+    /// The expected `aud`.
+    pub audience: String,
+    /// A JWKS document on disk with the provider's signing keys.
+    pub jwks_file: Option<PathBuf>,
+    /// Allowed signing algorithms (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// Leeway for `exp`/`nbf`, seconds, at most 30.
+    pub leeway_secs: u64,
+    /// How recent an MFA must be to count for activation, seconds.
+    pub mfa_freshness_secs: u64,
+    /// The local development issuer.
+    pub dev_issuer: DevIssuerMode,
+    /// Serve the development issuer on a non-loopback address. Dangerous: anyone who can
+    /// reach the port can mint tokens. Named loudly on purpose.
+    pub dev_issuer_allow_non_loopback: bool,
+    /// Made a permanent active Privileged Role Administrator at first start.
+    pub bootstrap_principal: Option<String>,
+    /// Principal ids of Tenure's own services (used for calls between contexts, for
+    /// example provisioning an approved activation).
+    pub service_principals: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: crate::auth::DEFAULT_AUDIENCE.to_owned(),
+            jwks_file: None,
+            algorithms: vec![
+                "RS256".into(),
+                "ES256".into(),
+                "EdDSA".into(),
+                "PS256".into(),
+            ],
+            leeway_secs: 30,
+            mfa_freshness_secs: 15 * 60,
+            dev_issuer: DevIssuerMode::Auto,
+            dev_issuer_allow_non_loopback: false,
+            bootstrap_principal: None,
+            service_principals: vec!["tenure-system".into()],
+        }
+    }
+}
+
+/// Server limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest decoded request message, bytes.
+    pub max_decoding_message_size: usize,
+    /// Largest encoded response message, bytes.
+    pub max_encoding_message_size: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Requests in flight per connection before new ones are refused with
+    /// RESOURCE_EXHAUSTED.
+    pub concurrency_per_connection: usize,
+    /// Deadline of every unary RPC, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_decoding_message_size: 1024 * 1024,
+            max_encoding_message_size: 4 * 1024 * 1024,
+            max_concurrent_streams: 128,
+            concurrency_per_connection: 256,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("tenure-data"),
+            database_url: None,
+            contexts: "all".into(),
+            peers: Peers::default(),
+            telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--database-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// `--contexts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contexts: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from the layers and validates it.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} not found", path.display());
+            fig = fig.merge(Toml::file(path));
+        }
+        let fig = fig
+            .merge(Env::prefixed("TENURE_").split("__").ignore(&[
+                "config",
+                "test_database_url",
+                "log",
+            ]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment), and validates.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let contexts = self.context_list()?;
+        anyhow::ensure!(
+            self.auth.leeway_secs <= MAX_LEEWAY_SECS,
+            "auth.leeway_secs must be at most {MAX_LEEWAY_SECS}"
+        );
+        anyhow::ensure!(
+            self.auth.mfa_freshness_secs >= 60 && self.auth.mfa_freshness_secs <= 24 * 3600,
+            "auth.mfa_freshness_secs must be between 60 and 86400"
+        );
+        for a in &self.auth.algorithms {
+            crate::auth::parse_algorithm(a)?;
+        }
+        anyhow::ensure!(
+            !self.auth.audience.is_empty(),
+            "auth.audience must not be empty"
+        );
+        if self.auth.jwks_file.is_some() {
+            anyhow::ensure!(
+                self.auth.issuer.as_deref().is_some_and(|i| !i.is_empty()),
+                "auth.issuer is required with auth.jwks_file"
+            );
+        }
+        if self.dev_issuer_enabled() && !self.listen.ip().is_loopback() {
+            anyhow::ensure!(
+                self.auth.dev_issuer_allow_non_loopback,
+                "the development issuer would be reachable on {} (not loopback): anyone could \
+                 mint tokens. Configure an identity provider (auth.jwks_file), set \
+                 auth.dev_issuer = \"off\", or, for a throwaway lab only, set \
+                 auth.dev_issuer_allow_non_loopback = true",
+                self.listen
+            );
+        }
+        if let Some(url) = &self.database_url {
+            crate::db::Backend::of_url(url)?;
+        }
+        for (name, peer) in [
+            ("assignments", &self.peers.assignments),
+            ("activation", &self.peers.activation),
+            ("reviews", &self.peers.reviews),
+            ("notifications", &self.peers.notifications),
+        ] {
+            if let Some(p) = peer {
+                anyhow::ensure!(
+                    p.starts_with("http://") || p.starts_with("https://"),
+                    "peers.{name} must be an http:// or https:// address"
+                );
+            } else {
+                anyhow::ensure!(
+                    contexts.contains(&name),
+                    "peers.{name} is required when this process does not serve {name}"
+                );
+            }
+        }
+        let l = &self.limits;
+        anyhow::ensure!(
+            l.max_decoding_message_size >= 1024 && l.max_encoding_message_size >= 1024,
+            "limits: message sizes must be at least 1024 bytes"
+        );
+        anyhow::ensure!(
+            l.max_concurrent_streams >= 1,
+            "limits.max_concurrent_streams must be at least 1"
+        );
+        anyhow::ensure!(
+            l.concurrency_per_connection >= 1,
+            "limits.concurrency_per_connection must be at least 1"
+        );
+        anyhow::ensure!(
+            l.request_timeout_ms >= 100,
+            "limits.request_timeout_ms must be at least 100"
+        );
+        Ok(())
+    }
+
+    /// The contexts this process serves, validated.
+    pub fn context_list(&self) -> anyhow::Result<Vec<&'static str>> {
+        if self.contexts.trim() == "all" {
+            return Ok(CONTEXTS.to_vec());
+        }
+        let mut out = Vec::new();
+        for name in self
+            .contexts
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let known = CONTEXTS.iter().find(|c| **c == name).ok_or_else(|| {
+                anyhow::anyhow!("unknown context {name:?} (known: {})", CONTEXTS.join(", "))
+            })?;
+            if !out.contains(known) {
+                out.push(*known);
+            }
+        }
+        anyhow::ensure!(!out.is_empty(), "contexts must name at least one context");
+        Ok(out)
+    }
+
+    /// Whether the development issuer runs under this configuration.
+    pub fn dev_issuer_enabled(&self) -> bool {
+        match self.auth.dev_issuer {
+            DevIssuerMode::On => true,
+            DevIssuerMode::Off => false,
+            DevIssuerMode::Auto => self.auth.jwks_file.is_none() && self.listen.ip().is_loopback(),
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn effective_database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tenure.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_in_example_parses_and_equals_the_defaults() {
+        let text = include_str!("../../../deploy/tenure.example.toml");
+        let parsed = Config::from_toml(text).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn dev_issuer_on_a_public_address_is_refused_without_the_loud_flag() {
+        let c = Config::from_toml("listen = \"0.0.0.0:50051\"\n[auth]\ndev_issuer = \"on\"\n");
+        let err = c.unwrap_err().to_string();
+        assert!(err.contains("dev_issuer_allow_non_loopback"), "{err}");
+        let ok = Config::from_toml(
+            "listen = \"0.0.0.0:50051\"\n[auth]\ndev_issuer = \"on\"\ndev_issuer_allow_non_loopback = true\n",
+        );
+        assert!(ok.is_ok());
+        // "auto" turns itself off on a public address instead of failing.
+        let auto = Config::from_toml("listen = \"0.0.0.0:50051\"\n").unwrap();
+        assert!(!auto.dev_issuer_enabled());
+    }
+
+    #[test]
+    fn leeway_over_thirty_seconds_is_refused() {
+        let err = Config::from_toml("[auth]\nleeway_secs = 31\n").unwrap_err();
+        assert!(err.to_string().contains("leeway"));
+    }
+
+    #[test]
+    fn unknown_keys_and_contexts_are_refused() {
+        assert!(Config::from_toml("lisen = \"127.0.0.1:1\"\n").is_err());
+        assert!(Config::from_toml("contexts = \"assignments,billing\"\n").is_err());
+        let split = Config::from_toml(
+            "contexts = \"activation\"\n[peers]\nassignments = \"http://a:1\"\nreviews = \"http://r:1\"\nnotifications = \"http://n:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(split.context_list().unwrap(), vec!["activation"]);
+        assert!(
+            Config::from_toml("contexts = \"activation\"\n").is_err(),
+            "peers missing"
+        );
+    }
+
+    #[test]
+    fn hmac_algorithms_are_refused() {
+        let err = Config::from_toml("[auth]\nalgorithms = [\"HS256\"]\n").unwrap_err();
+        assert!(err.to_string().contains("not allowed"), "{err}");
+    }
+}

@@ -1,0 +1,136 @@
+//! The event consumer: follows another context's event stream and hands each event to a
+//! handler inside a transaction of the consuming context that also moves the consumer's
+//! cursor. What the handler did and the cursor commit together, so each event takes
+//! effect exactly once however often the consumer crashes, restarts or reconnects
+//! (effectively once; delivery itself is at least once).
+//!
+//! The consumer reconnects with exponential backoff (100 ms doubling to 10 s, with
+//! jitter) and resumes after its stored cursor. A gap in the sequence (which a correct
+//! producer never sends) makes it reconnect rather than skip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use rand::Rng as _;
+use tenure_proto::EventEnvelope;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::events::{EventLog, UnitOfWork, load_cursor, store_cursor};
+
+/// Where a consumer reads events from (usually another context's gRPC `EventsService`).
+pub trait EventSource<E>: Send + Sync + 'static {
+    /// Every event after `after`, then live ones, in sequence order.
+    fn subscribe(
+        &self,
+        after: i64,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<E, ApiError>>, ApiError>>;
+}
+
+/// What a consumer does with each event, inside the consuming context's unit of work.
+pub trait EventHandler<S, O: EventEnvelope>: Send + Sync + 'static {
+    /// Handles one event. An error rolls back the unit of work (and the cursor), and the
+    /// event is delivered again after a backoff.
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut UnitOfWork<O>,
+        event: &'a S,
+    ) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// A running consumer's identity and parts.
+pub struct Consumer<S, O: EventEnvelope> {
+    /// The cursor's name in the consuming context's cursor table, for example
+    /// "assignments" for the assignments stream.
+    pub name: String,
+    /// The consuming context's own event log (its database and its events).
+    pub log: EventLog<O>,
+    /// The stream to follow.
+    pub source: Arc<dyn EventSource<S>>,
+    /// What to do with each event.
+    pub handler: Arc<dyn EventHandler<S, O>>,
+}
+
+impl<S, O> Consumer<S, O>
+where
+    S: EventEnvelope,
+    O: EventEnvelope,
+{
+    /// The stored cursor: the last sequence handled.
+    pub async fn cursor(&self) -> Result<i64, ApiError> {
+        load_cursor(self.log.db(), self.log.prefix(), &self.name).await
+    }
+
+    /// Runs until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                r = self.follow() => r,
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(source = %self.name, "event stream ended; reconnecting");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "event consumer interrupted; reconnecting")
+                }
+            }
+            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 4);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Follows the stream from the stored cursor until it fails or ends.
+    async fn follow(&self) -> Result<(), ApiError> {
+        let mut cursor = self.cursor().await?;
+        let mut stream = self.source.subscribe(cursor).await?;
+        while let Some(item) = stream.next().await {
+            let event = item?;
+            let seq = event.meta().map_or(0, |m| m.sequence);
+            if seq <= cursor {
+                continue; // a replay of what is done already
+            }
+            if seq != cursor + 1 {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "gap in {} stream: expected {}, got {seq}",
+                    self.name,
+                    cursor + 1
+                )));
+            }
+            let mut uow = self.log.begin().await?;
+            self.handler.handle(&mut uow, &event).await?;
+            store_cursor(uow.tx(), self.log.prefix(), &self.name, seq).await?;
+            uow.commit().await?;
+            cursor = seq;
+        }
+        Ok(())
+    }
+}
+
+/// An [`EventSource`] over an [`EventLog`] in the same process (tests, and a context
+/// consuming its own log).
+pub struct LocalSource<E>(pub EventLog<E>);
+
+impl<E: EventEnvelope> EventSource<E> for LocalSource<E> {
+    fn subscribe(
+        &self,
+        after: i64,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Result<E, ApiError>>, ApiError>> {
+        let stream = self
+            .0
+            .subscribe(after, crate::events::TypeFilter::default())
+            .map(|r| r.map(|e| (*e).clone()))
+            .boxed();
+        Box::pin(async move { Ok(stream) })
+    }
+}

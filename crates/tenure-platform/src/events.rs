@@ -1,0 +1,567 @@
+//! The event log of a context: a transactional outbox with a gapless, commit-ordered
+//! sequence, and the live stream that serves it.
+//!
+//! # Writing
+//! A state change and its events commit together through a [`UnitOfWork`]: the change is
+//! written through [`UnitOfWork::tx`], its events are queued with [`UnitOfWork::emit`],
+//! and [`UnitOfWork::commit`] appends them *last*, by bumping the log's one-row head
+//! counter (`UPDATE … SET last_sequence = last_sequence + n RETURNING …`) and inserting
+//! the rows, then commits.
+//!
+//! On PostgreSQL the head row's lock is held from that update to the commit, so two
+//! transactions that emit events take sequences strictly in the order they commit. A
+//! reader that has seen sequence `n` committed therefore never later finds a committed
+//! `m < n` it has not seen: `WHERE sequence > cursor` never skips a late commit (a plain
+//! `BIGSERIAL` would). A rollback releases the lock without consuming a number, so the
+//! sequence is gapless. Taking the lock at the end keeps the serialised section short.
+//! On SQLite the single writer gives the same order for free.
+//!
+//! # Reading
+//! One tailer task per log ([`EventLog::spawn_tailer`]) reads newly committed rows into
+//! a bounded in-memory ring of recent events and then advances a `watch` of the head.
+//! It is woken in-process right after each local commit; on PostgreSQL also by
+//! `LISTEN/NOTIFY` from other processes, with a polling fallback that does not depend on
+//! NOTIFY. Subscribers ([`EventLog::subscribe`]) replay from the database while they are
+//! behind the ring, then follow the ring: one database read per commit, however many
+//! subscribers. A slow subscriber holds only its cursor: it falls back to reading the
+//! database and never makes the server buffer for it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use sqlx::{Any, Row, Transaction};
+use tenure_proto::EventEnvelope;
+use tenure_proto::common::v1::EventMeta;
+use tokio::sync::{Notify, RwLock, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, from_micros, to_micros, to_proto};
+use crate::db::{Backend, Db};
+use crate::error::ApiError;
+use crate::trace::TraceContext;
+
+/// How many recent events each log keeps in memory for live subscribers.
+const RING_CAPACITY: usize = 8192;
+/// How many rows one database read returns at most.
+const PAGE: i64 = 1000;
+/// How often the tailer looks for new rows without being woken (a fallback only).
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The SQL of the event-log tables of one context, for its migrations. `prefix` is the
+/// context's table prefix.
+pub fn log_migration_sql(prefix: &str, backend: Backend) -> String {
+    let blob = match backend {
+        Backend::Sqlite => "BLOB",
+        Backend::Postgres => "BYTEA",
+    };
+    format!(
+        "CREATE TABLE {prefix}_events (
+            sequence BIGINT PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            occurred_at BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            correlation_id TEXT NOT NULL,
+            traceparent TEXT NOT NULL,
+            tracestate TEXT NOT NULL,
+            payload {blob} NOT NULL
+        );
+        CREATE INDEX {prefix}_events_subject ON {prefix}_events (subject);
+        CREATE TABLE {prefix}_event_head (
+            id BIGINT PRIMARY KEY CHECK (id = 1),
+            last_sequence BIGINT NOT NULL
+        );
+        INSERT INTO {prefix}_event_head (id, last_sequence) VALUES (1, 0);
+        CREATE TABLE {prefix}_cursors (
+            source TEXT PRIMARY KEY,
+            last_sequence BIGINT NOT NULL
+        );"
+    )
+}
+
+/// An event about to be written: the payload and who/what it is about.
+#[derive(Debug, Clone)]
+pub struct NewEvent<E> {
+    /// The envelope with its payload set (metadata is filled in on emit).
+    pub event: E,
+    /// Who caused it: a principal id, or "system".
+    pub actor: String,
+    /// The id of the object it is about.
+    pub subject: String,
+    /// Correlates work across contexts (for example an activation request id).
+    pub correlation_id: String,
+}
+
+impl<E> NewEvent<E> {
+    /// An event by `actor` about `subject`.
+    pub fn new(event: impl Into<E>, actor: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self {
+            event: event.into(),
+            actor: actor.into(),
+            subject: subject.into(),
+            correlation_id: String::new(),
+        }
+    }
+
+    /// Sets the correlation id.
+    #[must_use]
+    pub fn correlated(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = correlation_id.into();
+        self
+    }
+}
+
+struct Inner<E> {
+    db: Db,
+    clock: SharedClock,
+    prefix: String,
+    channel: String,
+    /// Highest sequence whose event is in `ring` (or, before the first fetch, the head at
+    /// start). Subscribers wait on it.
+    head: watch::Sender<i64>,
+    wake: Notify,
+    ring: RwLock<VecDeque<Arc<E>>>,
+    /// Set while a NOTIFY to other processes is queued, so bursts send one.
+    notify_queued: std::sync::atomic::AtomicBool,
+    sql_bump: String,
+    sql_insert: String,
+    sql_after: String,
+}
+
+/// The event log of one context. Cheap to clone.
+pub struct EventLog<E> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E> Clone for EventLog<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<E: EventEnvelope> EventLog<E> {
+    /// Opens the log whose tables carry `prefix` (created by the context's migrations
+    /// from [`log_migration_sql`]). Call [`EventLog::spawn_tailer`] before subscribing.
+    pub async fn open(db: Db, clock: SharedClock, prefix: &str) -> anyhow::Result<Self> {
+        let head: i64 = sqlx::query_scalar(&format!(
+            "SELECT last_sequence FROM {prefix}_event_head WHERE id = 1"
+        ))
+        .fetch_one(db.reader())
+        .await?;
+        let (head_tx, _) = watch::channel(head);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                clock,
+                channel: format!("tenure_{prefix}_events"),
+                head: head_tx,
+                wake: Notify::new(),
+                ring: RwLock::new(VecDeque::with_capacity(RING_CAPACITY)),
+                notify_queued: std::sync::atomic::AtomicBool::new(false),
+                sql_bump: format!(
+                    "UPDATE {prefix}_event_head SET last_sequence = last_sequence + $1 \
+                     WHERE id = 1 RETURNING last_sequence"
+                ),
+                sql_insert: format!(
+                    "INSERT INTO {prefix}_events (sequence, id, event_type, occurred_at, actor, \
+                     subject, correlation_id, traceparent, tracestate, payload) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ),
+                sql_after: format!(
+                    "SELECT sequence, id, event_type, occurred_at, actor, subject, \
+                     correlation_id, traceparent, tracestate, payload FROM {prefix}_events \
+                     WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+                ),
+                prefix: prefix.to_owned(),
+            }),
+        })
+    }
+
+    /// The database this log lives in.
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// The clock events are stamped with.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// The table prefix of the owning context.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The highest sequence known to be committed and available to subscribers.
+    pub fn head(&self) -> i64 {
+        *self.inner.head.borrow()
+    }
+
+    /// Waits until the head reaches `sequence` (for tests and read-your-writes).
+    pub async fn wait_for(&self, sequence: i64) {
+        let mut rx = self.inner.head.subscribe();
+        let _ = rx.wait_for(|h| *h >= sequence).await;
+    }
+
+    /// Starts a unit of work: a write transaction whose events are appended on commit.
+    pub async fn begin(&self) -> Result<UnitOfWork<E>, ApiError> {
+        let tx = self.inner.db.begin().await?;
+        Ok(UnitOfWork {
+            log: self.clone(),
+            tx,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Wakes the tailer: something may have been committed.
+    pub fn poke(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Starts the task that moves committed events into the ring and advances the head.
+    /// It stops when `stop` is cancelled. On PostgreSQL it also listens for other
+    /// processes' commits.
+    pub fn spawn_tailer(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let log = self.clone();
+        if log.inner.db.backend() == Backend::Postgres {
+            tokio::spawn(listen_for_remote_commits(log.clone(), stop.clone()));
+        }
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = log.fetch_new().await {
+                    tracing::warn!(context = E::CONTEXT, error = %e, "event tailer read failed; retrying");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = log.inner.wake.notified() => {}
+                    () = tokio::time::sleep(POLL_INTERVAL) => {}
+                }
+            }
+        })
+    }
+
+    async fn fetch_new(&self) -> anyhow::Result<()> {
+        loop {
+            let after = self.head();
+            let rows = self.read_after(after, PAGE).await?;
+            let Some(last) = rows.last().and_then(|e| e.meta()).map(|m| m.sequence) else {
+                return Ok(());
+            };
+            let full = rows.len() as i64 == PAGE;
+            {
+                let mut ring = self.inner.ring.write().await;
+                for e in rows {
+                    if ring.len() == RING_CAPACITY {
+                        ring.pop_front();
+                    }
+                    ring.push_back(Arc::new(e));
+                }
+            }
+            self.inner.head.send_replace(last);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads up to `limit` committed events after `after`, in sequence order.
+    pub async fn read_after(&self, after: i64, limit: i64) -> anyhow::Result<Vec<E>> {
+        let rows = sqlx::query(&self.inner.sql_after)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.inner.db.reader())
+            .await?;
+        rows.iter().map(decode_row::<E>).collect()
+    }
+
+    /// Events after `after` from the ring, or `None` when the ring does not reach back
+    /// that far (the caller then reads the database).
+    async fn from_ring(&self, after: i64, max: usize) -> Option<Vec<Arc<E>>> {
+        let ring = self.inner.ring.read().await;
+        let first = ring.front()?.meta()?.sequence;
+        if first > after + 1 {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).unwrap_or(0);
+        Some(ring.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    /// Every event after `after` whose type passes `filter`, then every new one as it
+    /// commits, in sequence order without gaps. The stream ends only on a database error.
+    pub fn subscribe(
+        &self,
+        after: i64,
+        filter: TypeFilter,
+    ) -> impl Stream<Item = Result<Arc<E>, ApiError>> + Send + 'static {
+        let log = self.clone();
+        async_stream::try_stream! {
+            let mut cursor = after.max(0);
+            let mut head_rx = log.inner.head.subscribe();
+            loop {
+                let head = *head_rx.borrow_and_update();
+                if cursor >= head {
+                    if head_rx.changed().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                let batch: Vec<Arc<E>> = match log.from_ring(cursor, 512).await {
+                    Some(b) if !b.is_empty() => b,
+                    _ => log
+                        .read_after(cursor, PAGE)
+                        .await
+                        .map_err(ApiError::Internal)?
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect(),
+                };
+                for e in batch {
+                    let seq = e.meta().map_or(cursor, |m| m.sequence);
+                    if seq <= cursor {
+                        continue;
+                    }
+                    cursor = seq;
+                    if filter.accepts(e.as_ref()) {
+                        yield e;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn listen_for_remote_commits<E: EventEnvelope>(log: EventLog<E>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect(log.inner.db.url()).await?;
+            l.listen(&log.inner.channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match listener.await {
+            Ok(mut l) => {
+                backoff = Duration::from_millis(200);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        n = l.recv() => match n {
+                            Ok(_) => log.poke(),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "event notification listener lost; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot listen for event notifications; polling meanwhile");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn decode_row<E: EventEnvelope>(row: &sqlx::any::AnyRow) -> anyhow::Result<E> {
+    let payload: Vec<u8> = row.try_get("payload")?;
+    let mut event = E::decode(payload.as_slice())?;
+    event.set_meta(EventMeta {
+        id: row.try_get("id")?,
+        context: E::CONTEXT.to_owned(),
+        sequence: row.try_get("sequence")?,
+        r#type: row.try_get("event_type")?,
+        occurred_at: Some(to_proto(from_micros(row.try_get("occurred_at")?))),
+        actor: row.try_get("actor")?,
+        subject: row.try_get("subject")?,
+        correlation_id: row.try_get("correlation_id")?,
+        traceparent: row.try_get("traceparent")?,
+        tracestate: row.try_get("tracestate")?,
+    });
+    Ok(event)
+}
+
+/// Which event types a subscriber wants: by full name ("tenure.assignments.v1.X") or
+/// simple name ("X"); empty means all.
+#[derive(Debug, Clone, Default)]
+pub struct TypeFilter(Vec<String>);
+
+impl TypeFilter {
+    /// A filter from the names a subscriber sent. Names must be non-empty and at most
+    /// 200 characters; at most 100 names.
+    pub fn new(names: Vec<String>) -> Result<Self, ApiError> {
+        if names.len() > 100 {
+            return Err(ApiError::invalid("event_types", "at most 100 event types"));
+        }
+        for (i, n) in names.iter().enumerate() {
+            if n.is_empty() || n.len() > 200 {
+                return Err(ApiError::invalid(
+                    format!("event_types[{i}]"),
+                    "must be a type name of 1 to 200 characters",
+                ));
+            }
+        }
+        Ok(Self(names))
+    }
+
+    /// Whether `event` passes.
+    pub fn accepts<E: EventEnvelope>(&self, event: &E) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let Some(ty) = event.meta().map(|m| m.r#type.as_str()) else {
+            return false;
+        };
+        let simple = ty.rsplit('.').next().unwrap_or(ty);
+        self.0.iter().any(|n| n == ty || n == simple)
+    }
+}
+
+/// A write transaction and the events it will append when it commits.
+pub struct UnitOfWork<E: EventEnvelope> {
+    log: EventLog<E>,
+    tx: Transaction<'static, Any>,
+    pending: Vec<(E, EventMeta, DateTime<Utc>)>,
+}
+
+impl<E: EventEnvelope> UnitOfWork<E> {
+    /// The transaction, for the state change itself.
+    pub fn tx(&mut self) -> &mut Transaction<'static, Any> {
+        &mut self.tx
+    }
+
+    /// The clock of the log (so a change and its events carry one "now").
+    pub fn now(&self) -> DateTime<Utc> {
+        self.log.inner.clock.now()
+    }
+
+    /// Queues an event; it is written when the unit commits. The trace context of the
+    /// current call is recorded with it.
+    pub fn emit(&mut self, new: NewEvent<E>) {
+        let trace = TraceContext::current();
+        let now = self.now();
+        let meta = EventMeta {
+            id: uuid::Uuid::now_v7().to_string(),
+            context: E::CONTEXT.to_owned(),
+            sequence: 0,
+            r#type: new.event.payload_type().unwrap_or_default().to_owned(),
+            occurred_at: Some(to_proto(now)),
+            actor: new.actor,
+            subject: new.subject,
+            correlation_id: new.correlation_id,
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        };
+        self.pending.push((new.event, meta, now));
+    }
+
+    /// How many events are queued.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Appends the queued events (taking the next sequences in commit order) and commits
+    /// the transaction. Returns the sequences the events got, in emit order.
+    pub async fn commit(mut self) -> Result<Vec<i64>, ApiError> {
+        let mut sequences = Vec::with_capacity(self.pending.len());
+        if !self.pending.is_empty() {
+            let n = self.pending.len() as i64;
+            let last: i64 = sqlx::query_scalar(&self.log.inner.sql_bump)
+                .bind(n)
+                .fetch_one(&mut *self.tx)
+                .await?;
+            let mut seq = last - n;
+            for (event, meta, at) in self.pending.drain(..) {
+                seq += 1;
+                sqlx::query(&self.log.inner.sql_insert)
+                    .bind(seq)
+                    .bind(meta.id)
+                    .bind(meta.r#type)
+                    .bind(to_micros(at))
+                    .bind(meta.actor)
+                    .bind(meta.subject)
+                    .bind(meta.correlation_id)
+                    .bind(meta.traceparent)
+                    .bind(meta.tracestate)
+                    .bind(event.encode_to_vec())
+                    .execute(&mut *self.tx)
+                    .await?;
+                sequences.push(seq);
+            }
+        }
+        self.tx.commit().await?;
+        if !sequences.is_empty() {
+            self.log.poke();
+            if self.log.inner.db.backend() == Backend::Postgres {
+                notify_other_processes(&self.log);
+            }
+        }
+        Ok(sequences)
+    }
+
+    /// Abandons the change and its events.
+    pub async fn rollback(self) -> Result<(), ApiError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Tells other processes (replicas) that the log moved, off the caller's path and at
+/// most one queued at a time. A hint only: they poll too. Sent outside the writing
+/// transaction, so the commit does not take NOTIFY's global commit lock.
+fn notify_other_processes<E: EventEnvelope>(log: &EventLog<E>) {
+    use std::sync::atomic::Ordering;
+    if log.inner.notify_queued.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let log = log.clone();
+    tokio::spawn(async move {
+        log.inner.notify_queued.store(false, Ordering::Release);
+        let r = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&log.inner.channel)
+            .execute(log.inner.db.writer())
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "pg_notify failed; other replicas will poll");
+        }
+    });
+}
+
+/// Reads the stored cursor of `source` in the consuming context's cursor table.
+pub async fn load_cursor(db: &Db, prefix: &str, source: &str) -> Result<i64, ApiError> {
+    let v: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT last_sequence FROM {prefix}_cursors WHERE source = $1"
+    ))
+    .bind(source)
+    .fetch_optional(db.reader())
+    .await?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Stores the cursor of `source` inside the consumer's transaction, so the cursor moves
+/// exactly when what was done with the event commits.
+pub async fn store_cursor(
+    tx: &mut Transaction<'static, Any>,
+    prefix: &str,
+    source: &str,
+    sequence: i64,
+) -> Result<(), ApiError> {
+    sqlx::query(&format!(
+        "INSERT INTO {prefix}_cursors (source, last_sequence) VALUES ($1, $2) \
+         ON CONFLICT (source) DO UPDATE SET last_sequence = excluded.last_sequence"
+    ))
+    .bind(source)
+    .bind(sequence)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! The gRPC edge shared by every context: the one mapping from [`ApiError`] to
+//! `tonic::Status`, the trace-context layer, authentication, and what clients of other
+//! contexts send along.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::auth::{AuthError, Caller, Verifier};
+use crate::error::ApiError;
+use crate::trace::TraceContext;
+
+/// Turns a domain error into the status the client sees. `INVALID_ARGUMENT` carries a
+/// `google.rpc.BadRequest` with one field violation per bad field. `INTERNAL` says only
+/// "internal error" and an id; the cause is logged here, once, with that id.
+pub fn status(err: ApiError) -> Status {
+    match err {
+        ApiError::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for v in &violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            let msg = violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            Status::with_error_details(Code::InvalidArgument, msg, details)
+        }
+        ApiError::NotFound { kind, id } => Status::not_found(format!("{kind} {id:?} not found")),
+        ApiError::AlreadyExists { kind, id } => {
+            Status::already_exists(format!("{kind} {id:?} already exists"))
+        }
+        ApiError::PermissionDenied(m) => Status::permission_denied(m),
+        ApiError::Unauthenticated(m) => Status::unauthenticated(m),
+        ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+        ApiError::Aborted(m) => Status::aborted(m),
+        ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        ApiError::Unavailable(m) => Status::unavailable(m),
+        ApiError::Internal(cause) => {
+            let id = uuid::Uuid::new_v4();
+            tracing::error!(error_id = %id, error = format!("{cause:#}"), "internal error");
+            Status::internal(format!("internal error (id {id})"))
+        }
+    }
+}
+
+/// Turns a status from another context back into a domain error, keeping its code and
+/// message (and field violations), so a caller sees the callee's reason.
+pub fn from_status(s: &Status) -> ApiError {
+    let msg = s.message().to_owned();
+    match s.code() {
+        Code::InvalidArgument => {
+            let details = s.get_error_details();
+            let violations: Vec<_> = details
+                .bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|v| {
+                            crate::error::FieldViolation::new(
+                                v.field.clone(),
+                                v.description.clone(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if violations.is_empty() {
+                ApiError::invalid("", msg)
+            } else {
+                ApiError::InvalidArgument(violations)
+            }
+        }
+        Code::NotFound => ApiError::NotFound {
+            kind: "object",
+            id: msg,
+        },
+        Code::AlreadyExists => ApiError::AlreadyExists {
+            kind: "object",
+            id: msg,
+        },
+        Code::PermissionDenied => ApiError::PermissionDenied(msg),
+        Code::Unauthenticated => ApiError::Unauthenticated(msg),
+        Code::FailedPrecondition => ApiError::FailedPrecondition(msg),
+        Code::Aborted => ApiError::Aborted(msg),
+        Code::ResourceExhausted => ApiError::ResourceExhausted(msg),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ApiError::Unavailable(msg),
+        _ => ApiError::Internal(anyhow::anyhow!("peer answered {:?}: {msg}", s.code())),
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        status(e)
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        Status::unauthenticated(e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Authentication.
+
+/// Checks bearer tokens against one or more issuers (the identity provider, and the
+/// development issuer when it runs). The issuer is chosen by the token's `kid`.
+#[derive(Clone, Debug, Default)]
+pub struct Authenticator {
+    verifiers: Arc<Vec<Verifier>>,
+}
+
+impl Authenticator {
+    /// An authenticator over `verifiers`.
+    pub fn new(verifiers: Vec<Verifier>) -> Self {
+        Self {
+            verifiers: Arc::new(verifiers),
+        }
+    }
+
+    /// Verifies a raw token.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let mut last = AuthError::UnknownKey;
+        for v in self.verifiers.iter() {
+            match v.verify(token) {
+                Ok(c) => return Ok(c),
+                Err(AuthError::UnknownKey) => {}
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Verifies the `authorization: Bearer …` metadata of a request.
+    pub fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, AuthError> {
+        let value = req
+            .metadata()
+            .get("authorization")
+            .ok_or(AuthError::Missing)?
+            .to_str()
+            .map_err(|_| AuthError::Malformed)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?;
+        self.verify(token.trim())
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    /// Rejects unauthenticated calls with UNAUTHENTICATED and otherwise puts the
+    /// [`Caller`] in the request's extensions, where [`caller`] finds it.
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        match self.authenticate(&req) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                Ok(req)
+            }
+            Err(e) => {
+                tracing::debug!(reason = %e, "refused a call");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The authenticated caller of a request that passed the [`Authenticator`].
+pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Trace context.
+
+/// A tower layer that reads the W3C trace context from incoming metadata (or starts a new
+/// trace), runs the call inside it, and opens a span named after the RPC.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceLayer;
+
+impl<S> tower::Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService { inner }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct TraceService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TraceService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let headers = req.headers();
+        let tc = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|tp| {
+                TraceContext::parse(tp, headers.get("tracestate").and_then(|v| v.to_str().ok()))
+            })
+            .unwrap_or_else(TraceContext::new_root);
+        let span =
+            tracing::info_span!("rpc", method = %req.uri().path(), trace_id = %tc.trace_id());
+        let fut = self.inner.call(req);
+        Box::pin(tracing::Instrument::instrument(tc.scope(fut), span))
+    }
+}
+
+/// A client interceptor for calls to other contexts: sends the current trace context and
+/// a bearer token (the originating caller's, or the service's own for background work).
+#[derive(Clone, Default)]
+pub struct Propagate {
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Propagate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Propagate")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl Propagate {
+    /// Sends `token` as the bearer token.
+    pub fn with_token(token: Arc<str>) -> Self {
+        Self { token: Some(token) }
+    }
+}
+
+impl tonic::service::Interceptor for Propagate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        inject_trace(&mut req);
+        if let Some(t) = &self.token {
+            let v = MetadataValue::try_from(format!("Bearer {t}"))
+                .map_err(|_| Status::internal("token is not valid metadata"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+/// Adds the current trace context to an outgoing request.
+pub fn inject_trace<T>(req: &mut Request<T>) {
+    let tc = TraceContext::current();
+    if tc.traceparent.is_empty() {
+        return;
+    }
+    if let Ok(v) = MetadataValue::try_from(tc.traceparent.as_str()) {
+        req.metadata_mut().insert("traceparent", v);
+    }
+    if !tc.tracestate.is_empty()
+        && let Ok(v) = MetadataValue::try_from(tc.tracestate.as_str())
+    {
+        req.metadata_mut().insert("tracestate", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FieldViolation;
+
+    #[test]
+    fn invalid_argument_carries_bad_request_field_violations() {
+        let s = status(ApiError::InvalidArgument(vec![
+            FieldViolation::new("items[1].duration", "exceeds the maximum of 8h"),
+            FieldViolation::new("justification", "required by the role's settings"),
+        ]));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let details = s.get_error_details();
+        let br = details.bad_request().expect("BadRequest details");
+        assert_eq!(br.field_violations.len(), 2);
+        assert_eq!(br.field_violations[0].field, "items[1].duration");
+        assert_eq!(
+            br.field_violations[1].description,
+            "required by the role's settings"
+        );
+        // and the round trip keeps them
+        match from_status(&s) {
+            ApiError::InvalidArgument(v) => assert_eq!(v.len(), 2),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn internal_never_leaks_the_cause() {
+        let s = status(ApiError::Internal(anyhow::anyhow!(
+            "password=hunter2 at db.example"
+        )));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("hunter2"));
+        assert!(s.message().starts_with("internal error"));
+    }
+}

@@ -420,6 +420,11 @@ impl DevIssuer {
         })
     }
 
+    /// The issuer's current time (its clock's).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     /// The public key set that verifies this issuer's tokens.
     pub fn jwks(&self) -> &JwkSet {
         &self.jwks

@@ -124,6 +124,9 @@ struct Inner<E> {
     /// start). Subscribers wait on it.
     head: watch::Sender<i64>,
     wake: Notify,
+    /// Cancelled when the server shuts down: the tailer stops and every live
+    /// subscription ends with UNAVAILABLE so its client reconnects elsewhere.
+    closing: CancellationToken,
     ring: RwLock<VecDeque<Arc<E>>>,
     /// Set while a NOTIFY to other processes is queued, so bursts send one.
     notify_queued: std::sync::atomic::AtomicBool,
@@ -162,6 +165,7 @@ impl<E: EventEnvelope> EventLog<E> {
                 channel: format!("tenure_{prefix}_events"),
                 head: head_tx,
                 wake: Notify::new(),
+                closing: CancellationToken::new(),
                 ring: RwLock::new(VecDeque::with_capacity(RING_CAPACITY)),
                 notify_queued: std::sync::atomic::AtomicBool::new(false),
                 sql_bump: format!(
@@ -224,11 +228,29 @@ impl<E: EventEnvelope> EventLog<E> {
         self.inner.wake.notify_one();
     }
 
+    /// Ends every live subscription (with UNAVAILABLE) and stops the tailer. Part of the
+    /// server's shutdown.
+    pub fn close(&self) {
+        self.inner.closing.cancel();
+    }
+
     /// Starts the task that moves committed events into the ring and advances the head.
-    /// It stops when `stop` is cancelled. On PostgreSQL it also listens for other
-    /// processes' commits.
+    /// It stops when `stop` is cancelled or the log is closed. On PostgreSQL it also
+    /// listens for other processes' commits.
     pub fn spawn_tailer(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
+        let closing = self.inner.closing.clone();
+        let stop = {
+            let s = stop.child_token();
+            let s2 = s.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = closing.cancelled() => s2.cancel(),
+                    () = s2.cancelled() => {}
+                }
+            });
+            s
+        };
         if log.inner.db.backend() == Backend::Postgres {
             tokio::spawn(listen_for_remote_commits(log.clone(), stop.clone()));
         }
@@ -306,8 +328,17 @@ impl<E: EventEnvelope> EventLog<E> {
             loop {
                 let head = *head_rx.borrow_and_update();
                 if cursor >= head {
-                    if head_rx.changed().await.is_err() {
-                        break;
+                    let closing = tokio::select! {
+                        changed = head_rx.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            false
+                        }
+                        () = log.inner.closing.cancelled() => true,
+                    };
+                    if closing {
+                        Err(ApiError::Unavailable("the server is shutting down; reconnect".into()))?;
                     }
                     continue;
                 }

@@ -315,3 +315,109 @@ mod tests {
         assert!(s.message().starts_with("internal error"));
     }
 }
+
+#[doc(hidden)]
+pub mod __reexports {
+    pub use futures;
+    pub use tonic;
+}
+
+/// Defines `$name`, the gRPC `EventsService` of a context package `$pkg`, serving that
+/// context's [`crate::events::EventLog`]: replay after `after_sequence`, then live.
+/// Every context package declares the same `EventsService`, so one implementation
+/// serves all four.
+#[macro_export]
+macro_rules! events_service {
+    ($name:ident, $($pkg:ident)::+) => {
+        /// Serves this context's event stream over gRPC.
+        #[derive(Clone)]
+        pub struct $name {
+            /// The context's event log.
+            pub log: $crate::events::EventLog<$($pkg)::+::Event>,
+        }
+
+        const _: () = {
+            use $crate::grpc::__reexports::{futures, tonic};
+            use $($pkg)::+ as pkg;
+            use futures::StreamExt as _;
+
+            #[tonic::async_trait]
+            impl pkg::events_service_server::EventsService for $name {
+                async fn subscribe_events(
+                    &self,
+                    request: tonic::Request<pkg::SubscribeEventsRequest>,
+                ) -> Result<
+                    tonic::Response<tonic::codegen::BoxStream<pkg::SubscribeEventsResponse>>,
+                    tonic::Status,
+                > {
+                    let r = request.into_inner();
+                    if r.after_sequence < 0 {
+                        return Err($crate::grpc::status($crate::ApiError::invalid(
+                            "after_sequence",
+                            "must be zero or a sequence number",
+                        )));
+                    }
+                    let filter = $crate::events::TypeFilter::new(r.event_types)
+                        .map_err($crate::grpc::status)?;
+                    let stream = self.log.subscribe(r.after_sequence, filter).map(|item| {
+                        item.map(|e| pkg::SubscribeEventsResponse {
+                            event: Some((*e).clone()),
+                        })
+                        .map_err($crate::grpc::status)
+                    });
+                    Ok(tonic::Response::new(Box::pin(stream)))
+                }
+            }
+        };
+    };
+}
+
+/// Collects the gRPC services of the contexts a process serves, with the message-size
+/// limits and authentication applied to each the same way, and remembers their names for
+/// health reporting.
+pub struct Registry {
+    /// The routes so far.
+    pub routes: tonic::service::RoutesBuilder,
+    /// The fully-qualified names of the registered services.
+    pub names: Vec<&'static str>,
+    /// Authenticates every call to a registered service.
+    pub auth: Authenticator,
+    /// Message-size limits.
+    pub limits: crate::config::Limits,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(auth: Authenticator, limits: crate::config::Limits) -> Self {
+        Self {
+            routes: tonic::service::RoutesBuilder::default(),
+            names: Vec::new(),
+            auth,
+            limits,
+        }
+    }
+}
+
+/// The gRPC name of a service value's type.
+pub fn name_of<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// Registers a generated `…Server` value with the registry's limits and authentication:
+/// `register!(&mut registry, pb::x_service_server::XServiceServer::new(api))`.
+#[macro_export]
+macro_rules! register {
+    ($reg:expr, $server:expr) => {{
+        let reg: &mut $crate::grpc::Registry = $reg;
+        let svc = $server
+            .max_decoding_message_size(reg.limits.max_decoding_message_size)
+            .max_encoding_message_size(reg.limits.max_encoding_message_size);
+        reg.names.push($crate::grpc::name_of(&svc));
+        reg.routes.add_service(
+            $crate::grpc::__reexports::tonic::service::interceptor::InterceptedService::new(
+                svc,
+                reg.auth.clone(),
+            ),
+        );
+    }};
+}

@@ -18,6 +18,46 @@ pub mod common {
     }
 }
 
+/// The assignments context: principals, roles, scopes, assignments, settings, access.
+pub mod assignments {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenure.assignments.v1.rs"));
+    }
+}
+
+/// The activation context: just-in-time requests and approvals.
+pub mod activation {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenure.activation.v1.rs"));
+    }
+}
+
+/// The access reviews context.
+pub mod reviews {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenure.reviews.v1.rs"));
+    }
+}
+
+/// The notifications, alerts and audit context.
+pub mod notifications {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenure.notifications.v1.rs"));
+    }
+}
+
+/// The local development issuer's token service.
+pub mod devauth {
+    /// Version 1.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/tenure.devauth.v1.rs"));
+    }
+}
+
 /// What the event log needs of a context's `Event` envelope: its context name, access
 /// to the shared metadata, and the fully-qualified type name of its payload.
 pub trait EventEnvelope: prost::Message + Default + Clone + Send + Sync + 'static {
@@ -77,3 +117,32 @@ macro_rules! event_envelope {
         };
     };
 }
+
+event_envelope!("assignments", crate::assignments::v1, {
+    PrincipalSynced, PrincipalDisabled, PrincipalDeleted, GroupMembersSet,
+    RoleDefinitionCreated, RoleDefinitionUpdated, RoleDefinitionDeleted,
+    ScopeRegistered, ScopeRenamed, ScopeMoved, ScopeRemoved,
+    AssignmentCreated, AssignmentUpdated, AssignmentRemoved, AssignmentExtended,
+    AssignmentRenewed, AssignmentExpired,
+    InstanceActivated, InstanceExtended, InstanceDeactivated, InstanceExpired,
+    RoleSettingsChanged, DriftObserved, DriftResolved,
+});
+
+event_envelope!("activation", crate::activation::v1, {
+    RequestCreated, ApprovalRequested, RequestApproved, RequestDenied, RequestCanceled,
+    RequestTimedOut, RequestGranted, RequestProvisioned, RequestExtended, RequestRenewed,
+    RoleDeactivated, RequestRevoked, RequestFailed, RequestEnded,
+});
+
+event_envelope!("reviews", crate::reviews::v1, {
+    DefinitionCreated, DefinitionUpdated, DefinitionDeleted, RoundStarted, StageStarted,
+    ReminderDue, DecisionRecorded, RoundCompleted, ResultApplied,
+});
+
+event_envelope!("notifications", crate::notifications::v1, {
+    NotificationQueued, NotificationDelivered, NotificationFailed,
+    AlertRaised, AlertUpdated, AlertResolved, AlertDismissed, AlertSettingsChanged,
+    NotificationSettingsChanged, NotificationRulesChanged,
+    WebhookCreated, WebhookUpdated, WebhookDeleted,
+    AuditRetentionChanged, AuditEntriesPruned,
+});

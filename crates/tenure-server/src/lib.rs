@@ -1,1 +1,286 @@
-//! placeholder
+//! The Tenure server as a library: [`App::build`] opens storage and the contexts this
+//! process serves; [`App::serve`] runs them on a listener it is given until a shutdown
+//! future completes. `main` only parses the configuration, sets up telemetry and binds,
+//! so tests run the real server on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tenure_platform::auth::{DevIssuer, Verifier, load_jwks_file, parse_algorithm};
+use tenure_platform::clock::SharedClock;
+use tenure_platform::config::Config;
+use tenure_platform::db::Db;
+use tenure_platform::grpc::{Authenticator, Registry, TraceLayer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod devauth;
+
+pub use devauth::DevAuthApi;
+
+/// The contexts this process serves (`None` for those served elsewhere).
+#[derive(Clone, Default)]
+pub struct Contexts {
+    /// The assignments context.
+    pub assignments: Option<tenure_assignments::AssignmentsContext>,
+    /// The activation context.
+    pub activation: Option<tenure_activation::ActivationContext>,
+    /// The reviews context.
+    pub reviews: Option<tenure_reviews::ReviewsContext>,
+    /// The notifications context.
+    pub notifications: Option<tenure_notifications::NotificationsContext>,
+}
+
+/// A server, built and ready to serve.
+pub struct App {
+    config: Config,
+    db: Db,
+    /// The contexts this process serves.
+    pub contexts: Contexts,
+    /// The development issuer, when enabled.
+    pub dev_issuer: Option<DevIssuer>,
+    auth: Authenticator,
+    background: CancellationToken,
+}
+
+impl App {
+    /// Opens the database (running each served context's migrations) and the contexts.
+    pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        config.validate()?;
+        let db = Db::connect(&config.effective_database_url()).await?;
+        let mut contexts = Contexts::default();
+        let served = config.context_list()?;
+        if served.contains(&"assignments") {
+            contexts.assignments = Some(
+                tenure_assignments::AssignmentsContext::open(db.clone(), clock.clone()).await?,
+            );
+        }
+        if served.contains(&"activation") {
+            contexts.activation =
+                Some(tenure_activation::ActivationContext::open(db.clone(), clock.clone()).await?);
+        }
+        if served.contains(&"reviews") {
+            contexts.reviews =
+                Some(tenure_reviews::ReviewsContext::open(db.clone(), clock.clone()).await?);
+        }
+        if served.contains(&"notifications") {
+            contexts.notifications = Some(
+                tenure_notifications::NotificationsContext::open(db.clone(), clock.clone()).await?,
+            );
+        }
+
+        let mut verifiers = Vec::new();
+        if let Some(path) = &config.auth.jwks_file {
+            let jwks = load_jwks_file(path)?;
+            let algorithms = config
+                .auth
+                .algorithms
+                .iter()
+                .map(|a| parse_algorithm(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let issuer = config.auth.issuer.as_deref().unwrap_or_default();
+            verifiers.push(
+                Verifier::new(
+                    &jwks,
+                    issuer,
+                    &config.auth.audience,
+                    config.auth.leeway_secs,
+                    &algorithms,
+                    clock.clone(),
+                )
+                .context("loading the identity provider's keys")?,
+            );
+        }
+        let dev_issuer = if config.dev_issuer_enabled() {
+            let issuer =
+                DevIssuer::load_or_create(&config.data_dir.join("dev-issuer"), clock.clone())?;
+            verifiers.push(issuer.verifier(config.auth.leeway_secs)?);
+            Some(issuer)
+        } else {
+            None
+        };
+        anyhow::ensure!(
+            !verifiers.is_empty(),
+            "no way to authenticate callers: configure auth.issuer and auth.jwks_file, or enable the development issuer"
+        );
+        Ok(Self {
+            config,
+            db,
+            contexts,
+            dev_issuer,
+            auth: Authenticator::new(verifiers),
+            background: CancellationToken::new(),
+        })
+    }
+
+    /// The database handle (for tests and tools).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order: health turns
+    /// NOT_SERVING, event streams end with UNAVAILABLE, new connections are refused and
+    /// in-flight calls drain, background work stops, and the database closes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        let mut registry = Registry::new(self.auth.clone(), self.config.limits.clone());
+        let mut logs: Vec<Box<dyn Fn() + Send + Sync>> = Vec::new();
+
+        if let Some(c) = &self.contexts.assignments {
+            c.register(&mut registry);
+            c.log.spawn_tailer(self.background.clone());
+            let log = c.log.clone();
+            logs.push(Box::new(move || log.close()));
+        }
+        if let Some(c) = &self.contexts.activation {
+            c.register(&mut registry);
+            c.log.spawn_tailer(self.background.clone());
+            let log = c.log.clone();
+            logs.push(Box::new(move || log.close()));
+        }
+        if let Some(c) = &self.contexts.reviews {
+            c.register(&mut registry);
+            c.log.spawn_tailer(self.background.clone());
+            let log = c.log.clone();
+            logs.push(Box::new(move || log.close()));
+        }
+        if let Some(c) = &self.contexts.notifications {
+            c.register(&mut registry);
+            c.log.spawn_tailer(self.background.clone());
+            let log = c.log.clone();
+            logs.push(Box::new(move || log.close()));
+        }
+
+        let Registry {
+            mut routes, names, ..
+        } = registry;
+        if let Some(issuer) = &self.dev_issuer {
+            tracing::warn!(
+                %addr,
+                "DEVELOPMENT ISSUER ENABLED: anyone who can reach {addr} can mint tokens for any principal. \
+                 For local use only; configure auth.jwks_file for a real identity provider."
+            );
+            routes.add_service(
+                tenure_proto::devauth::v1::dev_auth_service_server::DevAuthServiceServer::new(
+                    DevAuthApi::new(issuer.clone()),
+                ),
+            );
+        }
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let mut health_names: Vec<&str> = names.clone();
+        health_names.push("");
+        for n in &health_names {
+            health_reporter
+                .set_service_status(*n, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        routes.add_service(health_service);
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tenure_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tenure_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        routes.add_service(reflection_v1);
+        routes.add_service(reflection_v1alpha);
+
+        let limits = &self.config.limits;
+        let drain = CancellationToken::new();
+        let drain_signal = drain.clone();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_millis(limits.request_timeout_ms))
+            .concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .load_shed(true)
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(TraceLayer)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                drain_signal.cancelled_owned(),
+            );
+
+        let contexts: Vec<&str> = self.config.context_list()?;
+        tracing::info!(%addr, contexts = %contexts.join(","), backend = ?self.db.backend(), "tenure listening");
+
+        let reporter = health_reporter.clone();
+        let shutdown_task = tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, ending streams, draining calls");
+            for n in &health_names {
+                reporter
+                    .set_service_status(*n, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            for close in &logs {
+                close();
+            }
+            drain.cancel();
+        });
+
+        let served = server.await;
+        shutdown_task.abort();
+        self.background.cancel();
+        self.db.close().await;
+        tracing::info!("tenure stopped");
+        served.context("serving gRPC")
+    }
+}
+
+/// Runs a server for tests and tools: binds `listen`, builds, serves until `shutdown`.
+/// Returns the bound address and the task serving.
+pub async fn spawn(
+    config: Config,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    Contexts,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = App::build(config, clock).await?;
+    let contexts = app.contexts.clone();
+    let task = tokio::spawn(app.serve(listener, shutdown));
+    Ok((addr, contexts, task))
+}
+
+/// Shared so the binary and tests wait for the same signals.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                futures::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Re-exported for `main`.
+pub type Shared<T> = Arc<T>;

@@ -78,7 +78,7 @@ where
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
-                    tracing::warn!(source = %self.name, error = %e, "event consumer interrupted; reconnecting")
+                    tracing::warn!(source = %self.name, error = %e, "event consumer interrupted; reconnecting");
                 }
             }
             let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 4);

@@ -237,7 +237,7 @@ impl<E: EventEnvelope> EventLog<E> {
     /// Starts the task that moves committed events into the ring and advances the head.
     /// It stops when `stop` is cancelled or the log is closed. On PostgreSQL it also
     /// listens for other processes' commits.
-    pub fn spawn_tailer(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_tailer(&self, stop: &CancellationToken) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         let closing = self.inner.closing.clone();
         let stop = {
@@ -304,7 +304,7 @@ impl<E: EventEnvelope> EventLog<E> {
 
     /// Events after `after` from the ring, or `None` when the ring does not reach back
     /// that far (the caller then reads the database).
-    async fn from_ring(&self, after: i64, max: usize) -> Option<Vec<Arc<E>>> {
+    async fn recent_from_ring(&self, after: i64, max: usize) -> Option<Vec<Arc<E>>> {
         let ring = self.inner.ring.read().await;
         let first = ring.front()?.meta()?.sequence;
         if first > after + 1 {
@@ -342,7 +342,7 @@ impl<E: EventEnvelope> EventLog<E> {
                     }
                     continue;
                 }
-                let batch: Vec<Arc<E>> = match log.from_ring(cursor, 512).await {
+                let batch: Vec<Arc<E>> = match log.recent_from_ring(cursor, 512).await {
                     Some(b) if !b.is_empty() => b,
                     _ => log
                         .read_after(cursor, PAGE)

@@ -421,3 +421,58 @@ macro_rules! register {
         );
     }};
 }
+
+/// Defines `$name`, an [`crate::consumer::EventSource`] that follows the `EventsService`
+/// of context package `$pkg` over gRPC, sending a bearer token and the trace context.
+/// The channel reconnects by itself; the consumer resubscribes after failures.
+#[macro_export]
+macro_rules! grpc_event_source {
+    ($name:ident, $($pkg:ident)::+) => {
+        /// Follows a context's event stream over gRPC.
+        #[derive(Clone)]
+        pub struct $name {
+            /// The channel to the producing context.
+            pub channel: $crate::grpc::__reexports::tonic::transport::Channel,
+            /// The bearer token to present.
+            pub token: std::sync::Arc<str>,
+        }
+
+        const _: () = {
+            use $crate::grpc::__reexports::{futures, tonic};
+            use $($pkg)::+ as pkg;
+            use futures::StreamExt as _;
+
+            impl $crate::consumer::EventSource<pkg::Event> for $name {
+                fn subscribe(
+                    &self,
+                    after: i64,
+                ) -> futures::future::BoxFuture<
+                    '_,
+                    Result<futures::stream::BoxStream<'static, Result<pkg::Event, $crate::ApiError>>, $crate::ApiError>,
+                > {
+                    Box::pin(async move {
+                        let mut client = pkg::events_service_client::EventsServiceClient::with_interceptor(
+                            self.channel.clone(),
+                            $crate::grpc::Propagate::with_token(self.token.clone()),
+                        )
+                        .max_decoding_message_size(16 * 1024 * 1024);
+                        let response = client
+                            .subscribe_events(pkg::SubscribeEventsRequest {
+                                after_sequence: after,
+                                event_types: Vec::new(),
+                            })
+                            .await
+                            .map_err(|s| $crate::grpc::from_status(&s))?;
+                        let stream = response.into_inner().map(|item| match item {
+                            Ok(r) => r.event.ok_or_else(|| {
+                                $crate::ApiError::Unavailable("empty event in stream".into())
+                            }),
+                            Err(s) => Err($crate::grpc::from_status(&s)),
+                        });
+                        Ok(stream.boxed())
+                    })
+                }
+            }
+        };
+    };
+}

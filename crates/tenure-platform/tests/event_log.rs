@@ -108,7 +108,7 @@ async fn replays_after_the_cursor_then_follows_live_events() {
     let (_t, db) = setup(&["t"]).await;
     let log = EventLog::<TestEvent>::open(db, clock(), "t").await.unwrap();
     let stop = CancellationToken::new();
-    log.spawn_tailer(stop.clone());
+    log.spawn_tailer(&stop);
 
     let seqs = commit(&log, (1..=5).map(|i| ev(&i.to_string(), false)).collect()).await;
     assert_eq!(
@@ -162,7 +162,7 @@ async fn filters_by_full_or_simple_type_name() {
     let (_t, db) = setup(&["t"]).await;
     let log = EventLog::<TestEvent>::open(db, clock(), "t").await.unwrap();
     let stop = CancellationToken::new();
-    log.spawn_tailer(stop.clone());
+    log.spawn_tailer(&stop);
     commit(
         &log,
         vec![ev("1", false), ev("2", true), ev("3", false), ev("4", true)],
@@ -187,7 +187,7 @@ async fn concurrent_writers_never_make_a_live_subscriber_skip() {
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    log.spawn_tailer(stop.clone());
+    log.spawn_tailer(&stop);
     let mut s = Box::pin(log.subscribe(0, TypeFilter::default()));
 
     let writers = 6;
@@ -241,7 +241,7 @@ async fn late_commit_is_not_skipped_on_postgres_while_a_serial_id_would_be() {
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    log.spawn_tailer(stop.clone());
+    log.spawn_tailer(&stop);
     let mut s = Box::pin(log.subscribe(0, TypeFilter::default()));
 
     // A: takes its sequence through a unit of work's commit path, but we hold its
@@ -360,7 +360,7 @@ async fn consumer_handles_each_event_once_across_restarts_of_both_sides() {
             .await
             .unwrap();
         let stop = CancellationToken::new();
-        log.spawn_tailer(stop.clone());
+        log.spawn_tailer(&stop);
         (log, stop)
     };
     let start_consumer = |log: EventLog<TestEvent>| {

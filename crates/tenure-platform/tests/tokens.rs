@@ -293,15 +293,8 @@ fn leeway_over_thirty_seconds_cannot_be_configured() {
     let jwks: JwkSet = serde_json::from_value(json!({"keys": [
         {"kty": "OKP", "crv": "Ed25519", "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&f.public_x), "kid": KID}
     ]})).unwrap();
-    let err = Verifier::new(
-        &jwks,
-        ISS,
-        AUD,
-        31,
-        &[Algorithm::EdDSA],
-        Arc::new(f.clock.clone()),
-    )
-    .unwrap_err();
+    let err =
+        Verifier::new(&jwks, ISS, AUD, 31, &[Algorithm::EdDSA], Arc::new(f.clock)).unwrap_err();
     assert!(err.to_string().contains("leeway"));
 }
 

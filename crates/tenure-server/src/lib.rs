@@ -134,25 +134,25 @@ impl App {
 
         if let Some(c) = &self.contexts.assignments {
             c.register(&mut registry);
-            c.log.spawn_tailer(self.background.clone());
+            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }
         if let Some(c) = &self.contexts.activation {
             c.register(&mut registry);
-            c.log.spawn_tailer(self.background.clone());
+            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }
         if let Some(c) = &self.contexts.reviews {
             c.register(&mut registry);
-            c.log.spawn_tailer(self.background.clone());
+            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }
         if let Some(c) = &self.contexts.notifications {
             c.register(&mut registry);
-            c.log.spawn_tailer(self.background.clone());
+            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }

@@ -1,6 +1,9 @@
 //! Helpers for Tenure's end-to-end tests: start a real server on `127.0.0.1:0` with a
 //! fresh database and data directory, and talk to it through real gRPC clients.
 
+// Test support: a broken fixture should fail loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -416,3 +416,31 @@ async fn consumer_handles_each_event_once_across_restarts_of_both_sides() {
     );
     assert_eq!(db.backend() == Backend::Postgres, on_postgres());
 }
+
+#[tokio::test]
+async fn events_record_the_trace_context_of_the_call_that_wrote_them() {
+    let (_t, db) = setup(&["t"]).await;
+    let log = EventLog::<TestEvent>::open(db, clock(), "t").await.unwrap();
+    let tc = tenure_platform::trace::TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("vendor=1"),
+    )
+    .unwrap();
+    let log2 = log.clone();
+    tc.scope(async move {
+        let mut uow = log2.begin().await.unwrap();
+        uow.emit(ev("traced", false).correlated("req-1"));
+        uow.commit().await.unwrap();
+    })
+    .await;
+    commit(&log, vec![ev("untraced", false)]).await;
+    let events = log.read_after(0, 10).await.unwrap();
+    let m = events[0].meta.as_ref().unwrap();
+    assert_eq!(
+        m.traceparent,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(m.tracestate, "vendor=1");
+    assert_eq!(m.correlation_id, "req-1");
+    assert!(events[1].meta.as_ref().unwrap().traceparent.is_empty());
+}

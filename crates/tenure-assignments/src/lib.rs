@@ -1,80 +1,78 @@
-//! The assignments context of Tenure (package `tenure.assignments.v1`).
+//! The assignments context of Tenure (package `tenure.assignments.v1`): the system of
+//! record of who may hold which privileged role, where, and until when, and the access
+//! query every other system asks.
 //!
-//! It owns its tables (prefixed `assignments_`) and its event log, and is reached by
-//! other contexts only through its gRPC services.
+//! Layers: [`model`] (pure domain: the access model and its evaluation), [`store`]
+//! (sqlx), [`core`] (the write path, authorization, idempotency) and [`api`] (tonic
+//! adapters, one module per service). It owns its tables (prefixed `assignments_`) and
+//! its event log, and is reached by other contexts only through its gRPC services.
+
+use std::sync::Arc;
 
 use tenure_platform::clock::SharedClock;
-use tenure_platform::db::{Db, MigrationSpec};
+use tenure_platform::db::Db;
 use tenure_platform::events::EventLog;
 use tenure_platform::grpc::Registry;
 use tenure_proto::assignments::v1 as pb;
+use tokio_util::sync::CancellationToken;
+
+pub mod api;
+pub mod catalogue;
+pub mod core;
+pub mod expiry;
+pub mod model;
+pub mod schema;
+pub mod store;
+
+pub use crate::core::{Core, Settings};
 
 /// The first migration version of this context; its migrations stay within
 /// `MIGRATION_BASE..MIGRATION_BASE + 100_000`.
-pub const MIGRATION_BASE: i64 = 100000;
+pub const MIGRATION_BASE: i64 = 100_000;
 /// The prefix of this context's tables and its event-log name.
 pub const PREFIX: &str = "assignments";
 
 tenure_platform::events_service!(EventsApi, tenure_proto::assignments::v1);
 
-/// This context's migrations, for the backend in use.
-pub fn migrations(backend: tenure_platform::db::Backend) -> Vec<MigrationSpec> {
-    vec![MigrationSpec::event_log(MIGRATION_BASE, PREFIX, backend)]
-}
-
-/// The running context: its storage and its event log.
+/// The running context.
 #[derive(Clone)]
 pub struct AssignmentsContext {
+    /// The application core.
+    pub core: Arc<Core>,
     /// The context's event log.
     pub log: EventLog<pb::Event>,
 }
 
 impl AssignmentsContext {
-    /// Migrates the context's tables and opens its event log.
-    pub async fn open(db: Db, clock: SharedClock) -> anyhow::Result<Self> {
-        db.migrate(migrations(db.backend())).await?;
-        let log = EventLog::open(db, clock, PREFIX).await?;
-        Ok(Self { log })
+    /// Migrates, opens the log, fills the access model from it, starts following the log
+    /// and the expiry timer (until `stop`), and seeds the built-in catalogue, the root
+    /// scope and the bootstrap administrator when missing.
+    pub async fn open(
+        db: Db,
+        clock: SharedClock,
+        settings: Settings,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        db.migrate(schema::migrations(db.backend())).await?;
+        let log = EventLog::open(db.clone(), clock.clone(), PREFIX).await?;
+        log.spawn_tailer(stop);
+        let core = Core::new(db, log.clone(), clock, settings);
+        core.start(stop).await?;
+        catalogue::seed(&core)
+            .await
+            .map_err(|e| anyhow::anyhow!("seeding the catalogue: {e}"))?;
+        tokio::spawn(expiry::run(core.clone(), stop.clone()));
+        Ok(Self { core, log })
     }
 
     /// Registers this context's gRPC services.
     pub fn register(&self, registry: &mut Registry) {
-        tenure_platform::register!(
+        use tenure_platform::register;
+        register!(
             registry,
             pb::events_service_server::EventsServiceServer::new(self.events_api())
         );
-        tenure_platform::register!(
-            registry,
-            pb::access_service_server::AccessServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::assignments_service_server::AssignmentsServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::drift_service_server::DriftServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::principals_service_server::PrincipalsServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::provisioning_service_server::ProvisioningServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::role_settings_service_server::RoleSettingsServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::role_definitions_service_server::RoleDefinitionsServiceServer::new(Unbuilt)
-        );
-        tenure_platform::register!(
-            registry,
-            pb::scopes_service_server::ScopesServiceServer::new(Unbuilt)
-        );
+        api::register(&self.core, registry);
     }
 
     /// The gRPC event stream of this context.
@@ -84,17 +82,3 @@ impl AssignmentsContext {
         }
     }
 }
-
-/// The services of this context whose RPCs are not built yet: every RPC answers
-/// UNIMPLEMENTED (the generated default), so clients and reflection see the whole API.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unbuilt;
-
-impl pb::access_service_server::AccessService for Unbuilt {}
-impl pb::assignments_service_server::AssignmentsService for Unbuilt {}
-impl pb::drift_service_server::DriftService for Unbuilt {}
-impl pb::principals_service_server::PrincipalsService for Unbuilt {}
-impl pb::provisioning_service_server::ProvisioningService for Unbuilt {}
-impl pb::role_settings_service_server::RoleSettingsService for Unbuilt {}
-impl pb::role_definitions_service_server::RoleDefinitionsService for Unbuilt {}
-impl pb::scopes_service_server::ScopesService for Unbuilt {}

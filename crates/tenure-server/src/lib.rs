@@ -52,9 +52,20 @@ impl App {
         let db = Db::connect(&config.effective_database_url()).await?;
         let mut contexts = Contexts::default();
         let served = config.context_list()?;
+        let background = CancellationToken::new();
         if served.contains(&"assignments") {
+            let settings = tenure_assignments::Settings {
+                bootstrap_principal: config.auth.bootstrap_principal.clone(),
+                service_principals: config.auth.service_principals.clone(),
+            };
             contexts.assignments = Some(
-                tenure_assignments::AssignmentsContext::open(db.clone(), clock.clone()).await?,
+                tenure_assignments::AssignmentsContext::open(
+                    db.clone(),
+                    clock.clone(),
+                    settings,
+                    &background,
+                )
+                .await?,
             );
         }
         if served.contains(&"activation") {
@@ -111,7 +122,7 @@ impl App {
             contexts,
             dev_issuer,
             auth: Authenticator::new(verifiers),
-            background: CancellationToken::new(),
+            background,
         })
     }
 
@@ -134,7 +145,6 @@ impl App {
 
         if let Some(c) = &self.contexts.assignments {
             c.register(&mut registry);
-            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }

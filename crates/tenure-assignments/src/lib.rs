@@ -21,7 +21,9 @@ pub mod catalogue;
 pub mod core;
 pub mod expiry;
 pub mod model;
+pub mod policy;
 pub mod schema;
+pub mod settings_rules;
 pub mod store;
 
 pub use crate::core::{Core, Settings};

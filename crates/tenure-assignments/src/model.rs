@@ -82,6 +82,8 @@ pub struct GrantEntry {
     pub end: Option<i64>,
     /// For activations: the activation context's request id.
     pub request_id: Option<Id>,
+    /// For activations: the eligible assignment it was made from.
+    pub eligibility_id: Option<Id>,
 }
 
 impl GrantEntry {
@@ -638,6 +640,7 @@ impl Model {
                 micros(a.end_time.as_ref())
             },
             request_id: None,
+            eligibility_id: None,
         });
     }
 
@@ -657,6 +660,8 @@ impl Model {
             start: micros(i.start_time.as_ref()).unwrap_or(0),
             end: micros(i.end_time.as_ref()),
             request_id: (!i.request_id.is_empty()).then(|| Arc::from(i.request_id.as_str())),
+            eligibility_id: (!i.assignment_id.is_empty())
+                .then(|| Arc::from(i.assignment_id.as_str())),
         });
     }
 }
@@ -727,6 +732,7 @@ mod tests {
             start,
             end,
             request_id: None,
+            eligibility_id: None,
         });
     }
 

@@ -9,15 +9,23 @@ use tenure_proto::assignments::v1 as pb;
 
 use crate::core::Core;
 
+pub mod access;
+pub mod assignments;
+pub mod instances;
+pub mod provisioning;
+
 /// Registers every service of the context.
 pub fn register(core: &Arc<Core>, registry: &mut Registry) {
+    let c = || core.clone();
     register!(
         registry,
-        pb::access_service_server::AccessServiceServer::new(Unbuilt)
+        pb::access_service_server::AccessServiceServer::new(access::AccessApi { core: c() })
     );
     register!(
         registry,
-        pb::assignments_service_server::AssignmentsServiceServer::new(Unbuilt)
+        pb::assignments_service_server::AssignmentsServiceServer::new(
+            assignments::AssignmentsApi { core: c() }
+        )
     );
     register!(
         registry,
@@ -29,7 +37,9 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::provisioning_service_server::ProvisioningServiceServer::new(Unbuilt)
+        pb::provisioning_service_server::ProvisioningServiceServer::new(
+            provisioning::ProvisioningApi { core: c() }
+        )
     );
     register!(
         registry,
@@ -43,18 +53,14 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
         registry,
         pb::scopes_service_server::ScopesServiceServer::new(Unbuilt)
     );
-    let _ = core;
 }
 
 /// Services not built yet: every RPC answers UNIMPLEMENTED.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unbuilt;
 
-impl pb::access_service_server::AccessService for Unbuilt {}
-impl pb::assignments_service_server::AssignmentsService for Unbuilt {}
 impl pb::drift_service_server::DriftService for Unbuilt {}
 impl pb::principals_service_server::PrincipalsService for Unbuilt {}
-impl pb::provisioning_service_server::ProvisioningService for Unbuilt {}
 impl pb::role_settings_service_server::RoleSettingsService for Unbuilt {}
 impl pb::role_definitions_service_server::RoleDefinitionsService for Unbuilt {}
 impl pb::scopes_service_server::ScopesService for Unbuilt {}

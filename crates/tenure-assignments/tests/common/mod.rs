@@ -48,21 +48,46 @@ impl Harness {
         };
         config.auth.bootstrap_principal = Some(ADMIN.to_owned());
         let stop = tokio_util::sync::CancellationToken::new();
-        let (addr, contexts, task) =
-            tenure_server::spawn(config, Arc::new(clock.clone()), stop.clone().cancelled_owned()).await.unwrap();
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let issuer = DevIssuer::load_or_create(&dir.path().join("dev-issuer"), Arc::new(clock.clone())).unwrap();
-        Self { addr, clock, channel, contexts, issuer, stop, task: Some(task), _db: db, _dir: dir }
+        let (addr, contexts, task) = tenure_server::spawn(
+            config,
+            Arc::new(clock.clone()),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .unwrap();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let issuer =
+            DevIssuer::load_or_create(&dir.path().join("dev-issuer"), Arc::new(clock.clone()))
+                .unwrap();
+        Self {
+            addr,
+            clock,
+            channel,
+            contexts,
+            issuer,
+            stop,
+            task: Some(task),
+            _db: db,
+            _dir: dir,
+        }
     }
 
     /// A token for `subject` (valid for a day from the clock's now).
     pub fn token(&self, subject: &str) -> String {
-        self.issuer.mint(subject, false, TimeDelta::hours(24)).unwrap()
+        self.issuer
+            .mint(subject, false, TimeDelta::hours(24))
+            .unwrap()
     }
 
     /// A token for `subject` with a fresh MFA.
     pub fn token_mfa(&self, subject: &str) -> String {
-        self.issuer.mint(subject, true, TimeDelta::hours(24)).unwrap()
+        self.issuer
+            .mint(subject, true, TimeDelta::hours(24))
+            .unwrap()
     }
 
     /// A request carrying `subject`'s token.
@@ -78,7 +103,9 @@ impl Harness {
     pub fn principals(&self) -> pb::principals_service_client::PrincipalsServiceClient<Channel> {
         pb::principals_service_client::PrincipalsServiceClient::new(self.channel.clone())
     }
-    pub fn roles(&self) -> pb::role_definitions_service_client::RoleDefinitionsServiceClient<Channel> {
+    pub fn roles(
+        &self,
+    ) -> pb::role_definitions_service_client::RoleDefinitionsServiceClient<Channel> {
         pb::role_definitions_service_client::RoleDefinitionsServiceClient::new(self.channel.clone())
     }
     pub fn scopes(&self) -> pb::scopes_service_client::ScopesServiceClient<Channel> {
@@ -93,7 +120,9 @@ impl Harness {
     pub fn settings(&self) -> pb::role_settings_service_client::RoleSettingsServiceClient<Channel> {
         pb::role_settings_service_client::RoleSettingsServiceClient::new(self.channel.clone())
     }
-    pub fn provisioning(&self) -> pb::provisioning_service_client::ProvisioningServiceClient<Channel> {
+    pub fn provisioning(
+        &self,
+    ) -> pb::provisioning_service_client::ProvisioningServiceClient<Channel> {
         pb::provisioning_service_client::ProvisioningServiceClient::new(self.channel.clone())
     }
     pub fn drift(&self) -> pb::drift_service_client::DriftServiceClient<Channel> {
@@ -127,9 +156,161 @@ impl Harness {
             })
             .collect();
         self.principals()
-            .upsert_principals(self.req(ADMIN, pb::UpsertPrincipalsRequest { principals, request_id: String::new() }))
+            .upsert_principals(self.req(
+                ADMIN,
+                pb::UpsertPrincipalsRequest {
+                    principals,
+                    request_id: String::new(),
+                },
+            ))
             .await
             .unwrap();
+    }
+
+    /// Writes principals straight through the core (with their PrincipalSynced events),
+    /// for tests that must not depend on the PrincipalsService.
+    pub async fn seed_principals(&self, ids: &[(&str, tenure_proto::common::v1::PrincipalType)]) {
+        let core = self.core();
+        let mut uow = core.begin().await.unwrap();
+        for (id, t) in ids {
+            let p = pb::Principal {
+                id: (*id).to_owned(),
+                r#type: (*t).into(),
+                display_name: format!("Principal {id}"),
+                user_principal_name: format!("{id}@example.test"),
+                enabled: Some(true),
+                ..Default::default()
+            };
+            tenure_assignments::store::upsert_principal(&mut uow, &p)
+                .await
+                .unwrap();
+            uow.emit(tenure_platform::events::NewEvent::new(
+                pb::PrincipalSynced {
+                    principal: Some(p),
+                    created: true,
+                    changed_fields: vec![],
+                },
+                "test",
+                *id,
+            ));
+        }
+        core.commit(uow).await.unwrap();
+    }
+
+    /// Seeds users.
+    pub async fn seed_users(&self, ids: &[&str]) {
+        let v: Vec<_> = ids
+            .iter()
+            .map(|i| (*i, tenure_proto::common::v1::PrincipalType::User))
+            .collect();
+        self.seed_principals(&v).await;
+    }
+
+    /// Adds `member` to `group` straight through the core (with a GroupMembersSet event).
+    pub async fn seed_membership(&self, group: &str, member: &str) {
+        let core = self.core();
+        let mut uow = core.begin().await.unwrap();
+        let now = tenure_platform::clock::to_micros(uow.now());
+        sqlx::query("INSERT INTO assignments_group_members (group_id, member_id, added_at, removed_at) VALUES ($1, $2, $3, NULL)")
+            .bind(group)
+            .bind(member)
+            .bind(now)
+            .execute(&mut **uow.tx())
+            .await
+            .unwrap();
+        uow.emit(tenure_platform::events::NewEvent::new(
+            pb::GroupMembersSet {
+                group: Some(core.principal_ref(group)),
+                added_members: vec![core.principal_ref(member)],
+                removed_members: vec![],
+                member_count: 1,
+            },
+            "test",
+            group,
+        ));
+        core.commit(uow).await.unwrap();
+    }
+
+    /// Registers a scope straight through the core (with a ScopeRegistered event).
+    pub async fn seed_scope(&self, id: &str, parent: &str, t: tenure_proto::common::v1::ScopeType) {
+        let core = self.core();
+        let mut uow = core.begin().await.unwrap();
+        let s = pb::Scope {
+            id: id.to_owned(),
+            parent_id: parent.to_owned(),
+            r#type: t.into(),
+            display_name: id.to_owned(),
+            ..Default::default()
+        };
+        tenure_assignments::store::insert_scope(&mut uow, &s)
+            .await
+            .unwrap();
+        uow.emit(tenure_platform::events::NewEvent::new(
+            pb::ScopeRegistered { scope: Some(s) },
+            "test",
+            id,
+        ));
+        core.commit(uow).await.unwrap();
+    }
+
+    /// Creates an assignment as the admin (with MFA), returning it.
+    pub async fn assign(
+        &self,
+        t: tenure_proto::common::v1::AssignmentType,
+        principal: &str,
+        role: &str,
+        scope: &str,
+    ) -> pb::Assignment {
+        self.assignments()
+            .create_assignment(self.req_mfa(
+                ADMIN,
+                pb::CreateAssignmentRequest {
+                    assignment_type: t.into(),
+                    principal_id: principal.to_owned(),
+                    role_id: role.to_owned(),
+                    scope_id: scope.to_owned(),
+                    justification: "test".to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .assignment
+            .unwrap()
+    }
+
+    /// Whether `principal` holds `role` at `scope` now, through CheckAccess as the admin.
+    pub async fn allowed(&self, principal: &str, role: &str, scope: &str) -> bool {
+        self.access()
+            .check_access(self.req(
+                ADMIN,
+                pb::CheckAccessRequest {
+                    principal_id: principal.to_owned(),
+                    target: Some(pb::check_access_request::Target::RoleId(role.to_owned())),
+                    scope_id: scope.to_owned(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    }
+
+    /// Waits (bounded) until an event of `type_name` appears after `after`.
+    pub async fn wait_event(&self, after: i64, type_name: &str) -> pb::Event {
+        for _ in 0..500 {
+            if let Some(e) = self.events_after(after).await.into_iter().find(|e| {
+                e.meta
+                    .as_ref()
+                    .is_some_and(|m| m.r#type.ends_with(type_name))
+            }) {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no {type_name} event after {after}");
     }
 
     pub async fn stop(mut self) {
@@ -143,13 +324,18 @@ impl Harness {
 /// `msg` with a bearer token.
 pub fn authed<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
 /// Asserts a call failed with `code` and, when given, that the message or a field
 /// violation mentions `mentions`.
-pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, mentions: &str) -> Status {
+pub fn assert_status<T: std::fmt::Debug>(
+    r: Result<T, Status>,
+    code: Code,
+    mentions: &str,
+) -> Status {
     let s = r.expect_err("expected an error status");
     assert_eq!(s.code(), code, "status {s:?}");
     if !mentions.is_empty() {
@@ -157,7 +343,12 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, menti
         let fields: Vec<String> = s
             .get_error_details()
             .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| format!("{} {}", v.field, v.description)).collect())
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(
             s.message().contains(mentions) || fields.iter().any(|f| f.contains(mentions)),

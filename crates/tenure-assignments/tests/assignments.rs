@@ -56,7 +56,7 @@ async fn ferry_is_made_eligible_for_billing_administrator_with_its_event() {
     assert_eq!(events.len(), 1);
     match events[0].payload.as_ref().unwrap() {
         pb::event::Payload::AssignmentCreated(e) => {
-            assert_eq!(e.assignment.as_ref().unwrap().id, a.id)
+            assert_eq!(e.assignment.as_ref().unwrap().id, a.id);
         }
         other => panic!("unexpected {other:?}"),
     }

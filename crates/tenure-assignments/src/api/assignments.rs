@@ -163,38 +163,41 @@ fn check_role_scope(core: &Core, v: &mut Violations, role_id: &str, scope_id: &s
     // Assignable scopes are stored on the role row; the catalogue allows "/".
 }
 
-/// An overlapping assignment of the same type, principal, role and scope, if any.
-async fn overlapping(
-    core: &Core,
-    uow: &mut tenure_platform::events::UnitOfWork<pb::Event>,
+/// The window an assignment would occupy, to look for overlaps.
+struct Slot<'a> {
     t: common::AssignmentType,
-    principal: &str,
-    role: &str,
-    scope: &str,
+    principal: &'a str,
+    role: &'a str,
+    scope: &'a str,
     start: DateTime<Utc>,
     end: Option<DateTime<Utc>>,
+}
+
+/// An overlapping assignment of the same type, principal, role and scope (other than
+/// `except`), if any.
+async fn overlapping(
+    uow: &mut tenure_platform::events::UnitOfWork<pb::Event>,
+    slot: &Slot<'_>,
     except: Option<&str>,
 ) -> ApiResult<Option<String>> {
-    let _ = core;
     let rows = sqlx::query(
         "SELECT id, start_at, end_at FROM assignments_assignments WHERE assignment_type = $1 AND principal_id = $2 \
          AND role_id = $3 AND scope_id = $4 AND removed_at IS NULL",
     )
-    .bind(i64::from(i32::from(t)))
-    .bind(principal)
-    .bind(role)
-    .bind(scope)
+    .bind(i64::from(i32::from(slot.t)))
+    .bind(slot.principal)
+    .bind(slot.role)
+    .bind(slot.scope)
     .fetch_all(&mut **uow.tx())
     .await?;
-    let (s, e) = (to_micros(start), end.map(to_micros));
+    let (s, e) = (to_micros(slot.start), slot.end.map(to_micros));
     for r in rows {
         let id: String = r.try_get("id")?;
         if Some(id.as_str()) == except {
             continue;
         }
         let (os, oe): (i64, Option<i64>) = (r.try_get("start_at")?, r.try_get("end_at")?);
-        let overlaps = e.is_none_or(|e| os < e) && oe.is_none_or(|oe| s < oe);
-        if overlaps {
+        if e.is_none_or(|e| os < e) && oe.is_none_or(|oe| s < oe) {
             return Ok(Some(id));
         }
     }
@@ -251,18 +254,35 @@ async fn end_activations_of(
     Ok(ended)
 }
 
+/// Why and by whom an assignment is removed.
+pub struct Removal<'a> {
+    /// The reason recorded.
+    pub reason: pb::RemovalReason,
+    /// Who removes it.
+    pub actor: &'a str,
+    /// Why, in words.
+    pub justification: &'a str,
+    /// The change ticket, if any.
+    pub ticket: Option<common::TicketInfo>,
+    /// What asked for it (for example a review decision id).
+    pub source_reference: &'a str,
+}
+
 /// Removes an assignment inside a unit of work (used by RemoveAssignment and by
 /// principal deletion). Returns the ended activation ids.
 pub async fn remove_in(
     uow: &mut tenure_platform::events::UnitOfWork<pb::Event>,
     core: &Core,
     row: &AssignmentRow,
-    reason: pb::RemovalReason,
-    actor: &str,
-    justification: &str,
-    ticket: Option<common::TicketInfo>,
-    source_reference: &str,
+    removal: Removal<'_>,
 ) -> ApiResult<Vec<String>> {
+    let Removal {
+        reason,
+        actor,
+        justification,
+        ticket,
+        source_reference,
+    } = removal;
     let now = uow.now();
     let now_us = to_micros(now);
     sqlx::query(
@@ -390,14 +410,15 @@ impl AssignmentsApi {
         };
         let mut uow = self.core.begin().await?;
         if let Some(id) = overlapping(
-            &self.core,
             &mut uow,
-            t,
-            &r.principal_id,
-            &r.role_id,
-            &r.scope_id,
-            start,
-            end,
+            &Slot {
+                t,
+                principal: &r.principal_id,
+                role: &r.role_id,
+                scope: &r.scope_id,
+                start,
+                end,
+            },
             None,
         )
         .await?
@@ -573,14 +594,15 @@ impl AssignmentsApi {
         }
         let mut uow = self.core.begin().await?;
         if let Some(id) = overlapping(
-            &self.core,
             &mut uow,
-            t,
-            &row.principal_id,
-            &row.role_id,
-            &row.scope_id,
-            start,
-            end,
+            &Slot {
+                t,
+                principal: &row.principal_id,
+                role: &row.role_id,
+                scope: &row.scope_id,
+                start,
+                end,
+            },
             Some(&row.id),
         )
         .await?
@@ -713,11 +735,13 @@ impl AssignmentsApi {
             &mut uow,
             &self.core,
             &current,
-            reason,
-            &caller.principal_id,
-            r.justification.trim(),
-            r.ticket.clone(),
-            &r.source_reference,
+            Removal {
+                reason,
+                actor: &caller.principal_id,
+                justification: r.justification.trim(),
+                ticket: r.ticket.clone(),
+                source_reference: &r.source_reference,
+            },
         )
         .await?;
         let mut after = current.clone();
@@ -939,14 +963,15 @@ impl AssignmentsApi {
         }
         let mut uow = self.core.begin().await?;
         if let Some(id) = overlapping(
-            &self.core,
             &mut uow,
-            t,
-            &row.principal_id,
-            &row.role_id,
-            &row.scope_id,
-            start,
-            end,
+            &Slot {
+                t,
+                principal: &row.principal_id,
+                role: &row.role_id,
+                scope: &row.scope_id,
+                start,
+                end,
+            },
             Some(&row.id),
         )
         .await?
@@ -971,10 +996,8 @@ impl AssignmentsApi {
         uow.emit(NewEvent::new(
             pb::AssignmentRenewed {
                 assignment: Some(assignment.clone()),
-                previous_end_time: row.end_at.and_then(|e| {
-                    Some(tenure_platform::clock::to_proto(
-                        tenure_platform::clock::from_micros(e),
-                    ))
+                previous_end_time: row.end_at.map(|e| {
+                    tenure_platform::clock::to_proto(tenure_platform::clock::from_micros(e))
                 }),
                 justification: r.justification.trim().to_owned(),
                 ticket: r.ticket.clone(),

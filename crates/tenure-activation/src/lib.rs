@@ -1,65 +1,103 @@
-//! The activation context of Tenure (package `tenure.activation.v1`).
+//! The activation and approval context of Tenure (package `tenure.activation.v1`):
+//! asking for privileged roles just in time, several at once, under every check of the
+//! role's settings, through approvals in stages, and provisioning into the assignments
+//! context by its idempotent gRPC API.
 //!
-//! It owns its tables (prefixed `activation_`) and its event log, and is reached by
-//! other contexts only through its gRPC services.
+//! Layers: [`engine`] and [`workflow`]/[`requests`] (the application: checks, state
+//! transitions, timers), [`store`] (sqlx), [`clients`] (the assignments context over
+//! gRPC), [`api`] (tonic adapter). Owns its tables (prefixed `activation_`) and its log.
 
+use std::sync::Arc;
+
+use tenure_platform::auth::ServiceToken;
 use tenure_platform::clock::SharedClock;
-use tenure_platform::db::{Db, MigrationSpec};
+use tenure_platform::consumer::Consumer;
+use tenure_platform::db::Db;
 use tenure_platform::events::EventLog;
 use tenure_platform::grpc::Registry;
 use tenure_proto::activation::v1 as pb;
+use tokio_util::sync::CancellationToken;
 
-/// The first migration version of this context; its migrations stay within
-/// `MIGRATION_BASE..MIGRATION_BASE + 100_000`.
-pub const MIGRATION_BASE: i64 = 200000;
+pub mod api;
+pub mod clients;
+pub mod engine;
+pub mod follow;
+pub mod requests;
+pub mod schema;
+pub mod store;
+pub mod timers;
+pub mod workflow;
+
+/// The first migration version of this context.
+pub const MIGRATION_BASE: i64 = 200_000;
 /// The prefix of this context's tables and its event-log name.
 pub const PREFIX: &str = "activation";
 
 tenure_platform::events_service!(EventsApi, tenure_proto::activation::v1);
 
-/// This context's migrations, for the backend in use.
-pub fn migrations(backend: tenure_platform::db::Backend) -> Vec<MigrationSpec> {
-    vec![MigrationSpec::event_log(MIGRATION_BASE, PREFIX, backend)]
-}
-
-/// The running context: its storage and its event log.
+/// The running context.
 #[derive(Clone)]
 pub struct ActivationContext {
+    /// The engine.
+    pub engine: Arc<engine::Engine>,
     /// The context's event log.
     pub log: EventLog<pb::Event>,
 }
 
 impl ActivationContext {
-    /// Migrates the context's tables and opens its event log.
-    pub async fn open(db: Db, clock: SharedClock) -> anyhow::Result<Self> {
-        db.migrate(migrations(db.backend())).await?;
-        let log = EventLog::open(db, clock, PREFIX).await?;
-        Ok(Self { log })
+    /// Migrates, opens the log, and starts the timer and the follower of the assignments
+    /// stream (until `stop`). `assignments` is the channel to the assignments context
+    /// (this process's own address when it runs here too).
+    pub async fn open(
+        db: Db,
+        clock: SharedClock,
+        assignments: tonic::transport::Channel,
+        service_token: ServiceToken,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        db.migrate(schema::migrations(db.backend())).await?;
+        let log = EventLog::open(db.clone(), clock.clone(), PREFIX).await?;
+        log.spawn_tailer(stop);
+        let client = clients::Assignments::new(assignments.clone(), service_token.clone());
+        let engine = engine::Engine::new(db, log.clone(), clock, client);
+        tokio::spawn(timers::run(engine.clone(), stop.clone()));
+        let token = service_token.get().ok();
+        match token {
+            Some(token) => {
+                let consumer = Consumer {
+                    name: "assignments".to_owned(),
+                    log: log.clone(),
+                    source: Arc::new(follow::AssignmentsStream {
+                        channel: assignments,
+                        token,
+                    }),
+                    handler: Arc::new(follow::InstanceEnds {
+                        engine: engine.clone(),
+                    }),
+                };
+                tokio::spawn(consumer.run(stop.clone()));
+            }
+            None => tracing::warn!(
+                "no service token: the activation context cannot follow the assignments stream"
+            ),
+        }
+        Ok(Self { engine, log })
     }
 
     /// Registers this context's gRPC services.
     pub fn register(&self, registry: &mut Registry) {
-        tenure_platform::register!(
+        use tenure_platform::register;
+        register!(
             registry,
-            pb::events_service_server::EventsServiceServer::new(self.events_api())
+            pb::events_service_server::EventsServiceServer::new(EventsApi {
+                log: self.log.clone()
+            })
         );
-        tenure_platform::register!(
+        register!(
             registry,
-            pb::activation_service_server::ActivationServiceServer::new(Unbuilt)
+            pb::activation_service_server::ActivationServiceServer::new(api::ActivationApi {
+                engine: self.engine.clone()
+            })
         );
-    }
-
-    /// The gRPC event stream of this context.
-    pub fn events_api(&self) -> EventsApi {
-        EventsApi {
-            log: self.log.clone(),
-        }
     }
 }
-
-/// The services of this context whose RPCs are not built yet: every RPC answers
-/// UNIMPLEMENTED (the generated default), so clients and reflection see the whole API.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unbuilt;
-
-impl pb::activation_service_server::ActivationService for Unbuilt {}

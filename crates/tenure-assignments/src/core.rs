@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use futures::StreamExt as _;
-use sqlx::Row as _;
 use tenure_platform::auth::Caller;
 use tenure_platform::clock::{SharedClock, to_micros};
 use tenure_platform::db::Db;
@@ -241,35 +240,15 @@ impl Core {
 
     // ----- idempotency -------------------------------------------------------------------
 
-    /// The stored response of an earlier call of `method` with `request_id`, if any. A
-    /// request id reused by another caller is refused.
+    /// The stored response of an earlier call of `method` with `request_id`, if any.
     pub async fn replay<R: prost::Message + Default>(
         &self,
         method: &str,
         request_id: &str,
         caller: &str,
     ) -> ApiResult<Option<R>> {
-        if request_id.is_empty() {
-            return Ok(None);
-        }
-        check_request_id(request_id)?;
-        let row = sqlx::query("SELECT caller, response FROM assignments_idempotency WHERE method = $1 AND request_id = $2")
-            .bind(method)
-            .bind(request_id)
-            .fetch_optional(self.db.reader())
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let who: String = row.try_get("caller")?;
-        if who != caller {
-            return Err(ApiError::invalid(
-                "request_id",
-                "already used by another caller",
-            ));
-        }
-        let bytes: Vec<u8> = row.try_get("response")?;
-        Ok(Some(
-            R::decode(bytes.as_slice()).map_err(|e| ApiError::Internal(e.into()))?,
-        ))
+        tenure_platform::idempotency::replay(&self.db, crate::PREFIX, method, request_id, caller)
+            .await
     }
 
     /// Records the response of a mutation in its own transaction.
@@ -281,25 +260,15 @@ impl Core {
         caller: &str,
         response: &R,
     ) -> ApiResult<()> {
-        if request_id.is_empty() {
-            return Ok(());
-        }
-        let now = to_micros(uow.now());
-        sqlx::query("INSERT INTO assignments_idempotency (method, request_id, caller, response, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(method)
-            .bind(request_id)
-            .bind(caller)
-            .bind(response.encode_to_vec())
-            .bind(now)
-            .execute(&mut **uow.tx())
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    ApiError::Aborted("a concurrent call with the same request_id is in progress; retry".into())
-                }
-                _ => ApiError::from(e),
-            })?;
-        Ok(())
+        tenure_platform::idempotency::remember(
+            uow,
+            crate::PREFIX,
+            method,
+            request_id,
+            caller,
+            response,
+        )
+        .await
     }
 
     // ----- references --------------------------------------------------------------------
@@ -385,17 +354,6 @@ impl Core {
             Err(ApiError::not_found("scope", id))
         }
     }
-}
-
-/// Request ids: 1 to 128 printable ASCII characters.
-pub fn check_request_id(id: &str) -> ApiResult<()> {
-    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::invalid(
-            "request_id",
-            "must be 1 to 128 printable ASCII characters",
-        ));
-    }
-    Ok(())
 }
 
 /// A validated page request: keyset pagination on a sort key, opaque to clients.

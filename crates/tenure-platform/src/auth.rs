@@ -481,3 +481,83 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.write_all(bytes)?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Tenure's own identity for calls between contexts.
+
+/// Where a context gets the bearer token it presents when it calls another context on
+/// its own behalf (provisioning an approved request, reading for a timer): minted by
+/// the development issuer in the embedded default, or read from a file that a token
+/// agent keeps fresh in a real deployment.
+#[derive(Clone)]
+pub enum ServiceToken {
+    /// Minted locally for `principal` (cached for a few minutes).
+    Dev {
+        /// The local issuer.
+        issuer: DevIssuer,
+        /// The service principal id.
+        principal: String,
+        /// The last token and when it was minted.
+        cache: Arc<std::sync::Mutex<Option<(DateTime<Utc>, Arc<str>)>>>,
+    },
+    /// Read from a file on every use (the file is rotated by something else).
+    File(std::path::PathBuf),
+    /// No token configured: calls on the service's own behalf fail clearly.
+    None,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dev { principal, .. } => write!(f, "ServiceToken::Dev({principal})"),
+            Self::File(p) => write!(f, "ServiceToken::File({})", p.display()),
+            Self::None => write!(f, "ServiceToken::None"),
+        }
+    }
+}
+
+impl ServiceToken {
+    /// A token minted by `issuer` for `principal`.
+    pub fn dev(issuer: DevIssuer, principal: &str) -> Self {
+        Self::Dev {
+            issuer,
+            principal: principal.to_owned(),
+            cache: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    /// The current token.
+    pub fn get(&self) -> anyhow::Result<Arc<str>> {
+        match self {
+            Self::Dev {
+                issuer,
+                principal,
+                cache,
+            } => {
+                let now = issuer.now();
+                let mut c = cache
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("service token cache poisoned"))?;
+                if let Some((at, t)) = c.as_ref()
+                    && now - *at < chrono::TimeDelta::minutes(5)
+                    && now >= *at
+                {
+                    return Ok(t.clone());
+                }
+                let t: Arc<str> =
+                    Arc::from(issuer.mint(principal, false, chrono::TimeDelta::minutes(30))?);
+                *c = Some((now, t.clone()));
+                Ok(t)
+            }
+            Self::File(path) => {
+                let t = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("reading the service token {}: {e}", path.display())
+                })?;
+                Ok(Arc::from(t.trim()))
+            }
+            Self::None => anyhow::bail!(
+                "no service token: configure auth.service_token_file (or run the development issuer)"
+            ),
+        }
+    }
+}

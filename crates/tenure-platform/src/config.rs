@@ -117,6 +117,10 @@ pub struct AuthConfig {
     /// Principal ids of Tenure's own services (used for calls between contexts, for
     /// example provisioning an approved activation).
     pub service_principals: Vec<String>,
+    /// A file holding the bearer token this process presents when it calls another
+    /// context on its own behalf (kept fresh by a token agent). Unset: with the
+    /// development issuer, a token for the first service principal is minted locally.
+    pub service_token_file: Option<PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -137,6 +141,7 @@ impl Default for AuthConfig {
             dev_issuer_allow_non_loopback: false,
             bootstrap_principal: None,
             service_principals: vec!["tenure-system".into()],
+            service_token_file: None,
         }
     }
 }

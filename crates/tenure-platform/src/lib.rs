@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod idempotency;
 pub mod telemetry;
 pub mod testing;
 pub mod trace;

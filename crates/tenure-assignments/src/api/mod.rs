@@ -9,6 +9,9 @@ use tenure_proto::assignments::v1 as pb;
 
 use crate::core::Core;
 
+pub mod drift;
+pub mod settings;
+
 /// Registers every service of the context.
 pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     register!(
@@ -21,7 +24,7 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::drift_service_server::DriftServiceServer::new(Unbuilt)
+        pb::drift_service_server::DriftServiceServer::new(drift::DriftApi { core: core.clone() })
     );
     register!(
         registry,
@@ -33,7 +36,9 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::role_settings_service_server::RoleSettingsServiceServer::new(Unbuilt)
+        pb::role_settings_service_server::RoleSettingsServiceServer::new(
+            settings::RoleSettingsApi { core: core.clone() }
+        )
     );
     register!(
         registry,
@@ -52,9 +57,7 @@ pub struct Unbuilt;
 
 impl pb::access_service_server::AccessService for Unbuilt {}
 impl pb::assignments_service_server::AssignmentsService for Unbuilt {}
-impl pb::drift_service_server::DriftService for Unbuilt {}
 impl pb::principals_service_server::PrincipalsService for Unbuilt {}
 impl pb::provisioning_service_server::ProvisioningService for Unbuilt {}
-impl pb::role_settings_service_server::RoleSettingsService for Unbuilt {}
 impl pb::role_definitions_service_server::RoleDefinitionsService for Unbuilt {}
 impl pb::scopes_service_server::ScopesService for Unbuilt {}

@@ -529,7 +529,7 @@ pub async fn list(
     .fetch_all(core.db.reader())
     .await?;
     let mut out = rows.iter().map(row).collect::<ApiResult<Vec<_>>>()?;
-    out.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+    out.sort_by_key(sort_key);
     Ok(out)
 }
 

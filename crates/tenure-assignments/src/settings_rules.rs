@@ -335,38 +335,38 @@ pub fn apply_mask(
         match p.as_str() {
             "*" => {
                 out.activation = given.activation.clone();
-                out.assignment = given.assignment.clone();
+                out.assignment = given.assignment;
                 out.notification_rules = given.notification_rules.clone();
             }
             "activation" => out.activation = given.activation.clone(),
-            "assignment" => out.assignment = given.assignment.clone(),
+            "assignment" => out.assignment = given.assignment,
             "notification_rules" => out.notification_rules = given.notification_rules.clone(),
             "activation.maximum_duration" => copy_field!(out, given, activation, maximum_duration),
             "activation.require_mfa" => copy_field!(out, given, activation, require_mfa),
             "activation.mfa_max_age" => copy_field!(out, given, activation, mfa_max_age),
             "activation.require_justification" => {
-                copy_field!(out, given, activation, require_justification)
+                copy_field!(out, given, activation, require_justification);
             }
             "activation.require_ticket" => copy_field!(out, given, activation, require_ticket),
             "activation.require_approval" => copy_field!(out, given, activation, require_approval),
             "activation.approval" => copy_field!(out, given, activation, approval),
             "activation.require_approval_for_extension" => {
-                copy_field!(out, given, activation, require_approval_for_extension)
+                copy_field!(out, given, activation, require_approval_for_extension);
             }
             "assignment.allow_permanent_eligible" => {
-                copy_field!(out, given, assignment, allow_permanent_eligible)
+                copy_field!(out, given, assignment, allow_permanent_eligible);
             }
             "assignment.eligible_expire_after" => {
-                copy_field!(out, given, assignment, eligible_expire_after)
+                copy_field!(out, given, assignment, eligible_expire_after);
             }
             "assignment.allow_permanent_active" => {
-                copy_field!(out, given, assignment, allow_permanent_active)
+                copy_field!(out, given, assignment, allow_permanent_active);
             }
             "assignment.active_expire_after" => {
-                copy_field!(out, given, assignment, active_expire_after)
+                copy_field!(out, given, assignment, active_expire_after);
             }
             "assignment.require_mfa_on_active_assignment" => {
-                copy_field!(out, given, assignment, require_mfa_on_active_assignment)
+                copy_field!(out, given, assignment, require_mfa_on_active_assignment);
             }
             "assignment.require_justification_on_active_assignment" => {
                 copy_field!(
@@ -374,7 +374,7 @@ pub fn apply_mask(
                     given,
                     assignment,
                     require_justification_on_active_assignment
-                )
+                );
             }
             _ => {}
         }
@@ -387,7 +387,7 @@ pub fn apply_mask(
 pub fn layer_content(s: &pb::RoleSettings) -> pb::RoleSettings {
     normalize(pb::RoleSettings {
         activation: s.activation.clone(),
-        assignment: s.assignment.clone(),
+        assignment: s.assignment,
         notification_rules: s.notification_rules.clone(),
         ..Default::default()
     })

@@ -207,13 +207,7 @@ async fn effective_settings_come_from_the_most_specific_layer_and_say_so() {
         origin(&e, "assignment.allow_permanent_eligible"),
         SettingOrigin::BuiltIn
     );
-    let a = e
-        .role_settings
-        .as_ref()
-        .unwrap()
-        .assignment
-        .clone()
-        .unwrap();
+    let a = e.role_settings.as_ref().unwrap().assignment.unwrap();
     assert_eq!(a.eligible_expire_after.unwrap().seconds, 365 * 86_400);
     assert_eq!(a.active_expire_after.unwrap().seconds, 180 * 86_400);
     assert_eq!(

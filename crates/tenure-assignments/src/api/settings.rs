@@ -32,6 +32,15 @@ pub struct RoleSettingsApi {
     pub core: Arc<Core>,
 }
 
+/// An update of a layer: the call, the layer, the given values and the mask.
+struct Change<'a> {
+    method: &'static str,
+    request_id: &'a str,
+    target: &'a Target,
+    given: &'a pb::RoleSettings,
+    paths: &'a [String],
+}
+
 /// Which layer a call is about.
 struct Target {
     role_id: String,
@@ -184,13 +193,16 @@ impl RoleSettingsApi {
     async fn update_layer<R: prost::Message + Clone>(
         &self,
         who: &Caller,
-        method: &str,
-        request_id: &str,
-        target: &Target,
-        given: &pb::RoleSettings,
-        paths: &[String],
+        change: Change<'_>,
         respond: impl FnOnce(&Self, Option<&StoredLayer>) -> R,
     ) -> ApiResult<R> {
+        let Change {
+            method,
+            request_id,
+            target,
+            given,
+            paths,
+        } = change;
         let core = &self.core;
         let mut uow = core.begin().await?;
         let current = store::get_layer_tx(&mut uow, &target.role_id, &target.scope_id).await?;
@@ -310,17 +322,19 @@ impl pb::role_settings_service_server::RoleSettingsService for RoleSettingsApi {
                 .unwrap_or_default();
             rules::check_mask(&paths)?;
             self.core.require(&who, SETTINGS_WRITE, "/")?;
-            self.update_layer(
-                &who,
-                UPDATE_DEFAULTS,
-                &req.request_id,
-                &Target::defaults(),
-                &given,
-                &paths,
-                |api, l| pb::UpdateDefaultRoleSettingsResponse {
+            let target = Target::defaults();
+            let change = Change {
+                method: UPDATE_DEFAULTS,
+                request_id: &req.request_id,
+                target: &target,
+                given: &given,
+                paths: &paths,
+            };
+            self.update_layer(&who, change, |api, l| {
+                pb::UpdateDefaultRoleSettingsResponse {
                     role_settings: Some(api.defaults_view(l)),
-                },
-            )
+                }
+            })
             .await
         };
         run.await.map(Response::new).map_err(status)
@@ -436,25 +450,24 @@ impl pb::role_settings_service_server::RoleSettingsService for RoleSettingsApi {
                 .await?;
             rules::check_mask(&paths)?;
             self.core.require(&who, SETTINGS_WRITE, t.auth_scope())?;
-            self.update_layer(
-                &who,
-                UPDATE,
-                &req.request_id,
-                &t,
-                &given,
-                &paths,
-                |api, l| pb::UpdateRoleSettingsResponse {
-                    role_settings: Some(l.map_or_else(
-                        || pb::RoleSettings {
-                            role_id: t.role_id.clone(),
-                            scope_id: t.scope_id.clone(),
-                            etag: "0".to_owned(),
-                            ..Default::default()
-                        },
-                        |l| api.show(l),
-                    )),
-                },
-            )
+            let change = Change {
+                method: UPDATE,
+                request_id: &req.request_id,
+                target: &t,
+                given: &given,
+                paths: &paths,
+            };
+            self.update_layer(&who, change, |api, l| pb::UpdateRoleSettingsResponse {
+                role_settings: Some(l.map_or_else(
+                    || pb::RoleSettings {
+                        role_id: t.role_id.clone(),
+                        scope_id: t.scope_id.clone(),
+                        etag: "0".to_owned(),
+                        ..Default::default()
+                    },
+                    |l| api.show(l),
+                )),
+            })
             .await
         };
         run.await.map(Response::new).map_err(status)

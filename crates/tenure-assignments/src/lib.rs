@@ -19,11 +19,13 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod catalogue;
 pub mod core;
+pub mod drift_store;
 pub mod expiry;
 pub mod model;
 pub mod policy;
 pub mod schema;
 pub mod settings_rules;
+pub mod settings_store;
 pub mod store;
 
 pub use crate::core::{Core, Settings};

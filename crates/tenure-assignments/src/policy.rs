@@ -30,7 +30,7 @@ pub async fn assignment_policy(
     scope_id: &str,
     assignment_type: AssignmentType,
 ) -> ApiResult<AssignmentPolicy> {
-    let (settings, _) = crate::settings_rules::effective_settings(core, role_id, scope_id).await?;
+    let (settings, _) = crate::settings_store::effective_settings(core, role_id, scope_id).await?;
     let a = settings.assignment.unwrap_or_default();
     let dur = |d: Option<prost_types::Duration>, default: TimeDelta| {
         d.and_then(|d| TimeDelta::new(d.seconds, u32::try_from(d.nanos).unwrap_or(0)))

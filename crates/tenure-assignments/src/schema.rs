@@ -153,6 +153,31 @@ CREATE TABLE assignments_meta (
 );
 "#;
 
+/// Drift reports: a per-source row locked by each report (and counting them), and the
+/// memberships seen by the calls of a report that is not complete yet.
+const V120_DRIFT_SERIES: &str = r#"
+CREATE TABLE assignments_drift_series (
+    source TEXT NOT NULL,
+    scope_id TEXT NOT NULL,
+    reports BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (source, scope_id)
+);
+
+CREATE TABLE assignments_drift_seen (
+    source TEXT NOT NULL,
+    report_scope_id TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    role_id TEXT NOT NULL,
+    scope_id TEXT NOT NULL,
+    assignment_type BIGINT NOT NULL,
+    observed_at BIGINT NOT NULL,
+    PRIMARY KEY (source, report_scope_id, principal_id, role_id, scope_id, assignment_type)
+);
+
+CREATE INDEX assignments_drift_status ON assignments_drift (status, first_observed_at);
+"#;
+
 /// This context's migrations for `backend`.
 pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
     let blob = match backend {
@@ -165,6 +190,11 @@ pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
             version: MIGRATION_BASE + 100,
             description: "assignments tables".into(),
             sql: V1.replace("{blob}", blob).into(),
+        },
+        MigrationSpec {
+            version: MIGRATION_BASE + 120,
+            description: "assignments drift report series".into(),
+            sql: V120_DRIFT_SERIES.into(),
         },
     ]
 }

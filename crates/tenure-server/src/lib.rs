@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tenure_platform::auth::{DevIssuer, Verifier, load_jwks_file, parse_algorithm};
+use tenure_platform::auth::{DevIssuer, ServiceToken, Verifier, load_jwks_file, parse_algorithm};
 use tenure_platform::clock::SharedClock;
 use tenure_platform::config::Config;
 use tenure_platform::db::Db;
@@ -47,40 +47,16 @@ pub struct App {
 
 impl App {
     /// Opens the database (running each served context's migrations) and the contexts.
-    pub async fn build(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+    /// `self_addr` is where this process serves: contexts reach each other over gRPC,
+    /// at this address when they run here, or at `peers.*` when they run elsewhere.
+    pub async fn build(
+        config: Config,
+        clock: SharedClock,
+        self_addr: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         let db = Db::connect(&config.effective_database_url()).await?;
-        let mut contexts = Contexts::default();
         let served = config.context_list()?;
-        let background = CancellationToken::new();
-        if served.contains(&"assignments") {
-            let settings = tenure_assignments::Settings {
-                bootstrap_principal: config.auth.bootstrap_principal.clone(),
-                service_principals: config.auth.service_principals.clone(),
-            };
-            contexts.assignments = Some(
-                tenure_assignments::AssignmentsContext::open(
-                    db.clone(),
-                    clock.clone(),
-                    settings,
-                    &background,
-                )
-                .await?,
-            );
-        }
-        if served.contains(&"activation") {
-            contexts.activation =
-                Some(tenure_activation::ActivationContext::open(db.clone(), clock.clone()).await?);
-        }
-        if served.contains(&"reviews") {
-            contexts.reviews =
-                Some(tenure_reviews::ReviewsContext::open(db.clone(), clock.clone()).await?);
-        }
-        if served.contains(&"notifications") {
-            contexts.notifications = Some(
-                tenure_notifications::NotificationsContext::open(db.clone(), clock.clone()).await?,
-            );
-        }
 
         let mut verifiers = Vec::new();
         if let Some(path) = &config.auth.jwks_file {
@@ -116,6 +92,78 @@ impl App {
             !verifiers.is_empty(),
             "no way to authenticate callers: configure auth.issuer and auth.jwks_file, or enable the development issuer"
         );
+        let service_token = match (
+            &config.auth.service_token_file,
+            &dev_issuer,
+            config.auth.service_principals.first(),
+        ) {
+            (Some(file), _, _) => ServiceToken::File(file.clone()),
+            (None, Some(issuer), Some(principal)) => ServiceToken::dev(issuer.clone(), principal),
+            _ => ServiceToken::None,
+        };
+        let own = {
+            let host = if self_addr.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], self_addr.port()))
+            } else {
+                self_addr
+            };
+            format!("http://{host}")
+        };
+        let peer = |name: &str,
+                    configured: &Option<String>|
+         -> anyhow::Result<tonic::transport::Channel> {
+            let url = if served.contains(&name) {
+                own.clone()
+            } else {
+                configured.clone().unwrap_or_else(|| own.clone())
+            };
+            Ok(tonic::transport::Channel::from_shared(url)?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true)
+                .connect_lazy())
+        };
+
+        let background = CancellationToken::new();
+        let mut contexts = Contexts::default();
+        if served.contains(&"assignments") {
+            let settings = tenure_assignments::Settings {
+                bootstrap_principal: config.auth.bootstrap_principal.clone(),
+                service_principals: config.auth.service_principals.clone(),
+            };
+            contexts.assignments = Some(
+                tenure_assignments::AssignmentsContext::open(
+                    db.clone(),
+                    clock.clone(),
+                    settings,
+                    &background,
+                )
+                .await?,
+            );
+        }
+        if served.contains(&"activation") {
+            let channel = peer("assignments", &config.peers.assignments)?;
+            contexts.activation = Some(
+                tenure_activation::ActivationContext::open(
+                    db.clone(),
+                    clock.clone(),
+                    channel,
+                    service_token.clone(),
+                    &background,
+                )
+                .await?,
+            );
+        }
+        if served.contains(&"reviews") {
+            contexts.reviews =
+                Some(tenure_reviews::ReviewsContext::open(db.clone(), clock.clone()).await?);
+        }
+        if served.contains(&"notifications") {
+            contexts.notifications = Some(
+                tenure_notifications::NotificationsContext::open(db.clone(), clock.clone()).await?,
+            );
+        }
         Ok(Self {
             config,
             db,
@@ -150,7 +198,6 @@ impl App {
         }
         if let Some(c) = &self.contexts.activation {
             c.register(&mut registry);
-            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }
@@ -261,7 +308,7 @@ pub async fn spawn(
 )> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = App::build(config, clock).await?;
+    let app = App::build(config, clock, addr).await?;
     let contexts = app.contexts.clone();
     let task = tokio::spawn(app.serve(listener, shutdown));
     Ok((addr, contexts, task))

@@ -117,9 +117,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(args.config.as_deref(), &overrides)?;
             let telemetry = Telemetry::init(&config.telemetry)?;
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
+            let addr = listener.local_addr()?;
+            let app = tenure_server::App::build(config, Arc::new(SystemClock), addr).await?;
             // Tests and scripts read the bound address from this line (port 0 picks one).
-            println!("tenure listening on {}", listener.local_addr()?);
-            let app = tenure_server::App::build(config, Arc::new(SystemClock)).await?;
+            println!("tenure listening on {addr}");
             let result = app.serve(listener, tenure_server::shutdown_signal()).await;
             telemetry.shutdown();
             result

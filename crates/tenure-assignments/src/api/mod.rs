@@ -11,8 +11,10 @@ use crate::core::Core;
 
 pub mod access;
 pub mod assignments;
+pub mod drift;
 pub mod instances;
 pub mod provisioning;
+pub mod settings;
 
 /// Registers every service of the context.
 pub fn register(core: &Arc<Core>, registry: &mut Registry) {
@@ -29,7 +31,7 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::drift_service_server::DriftServiceServer::new(Unbuilt)
+        pb::drift_service_server::DriftServiceServer::new(drift::DriftApi { core: core.clone() })
     );
     register!(
         registry,
@@ -43,7 +45,9 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::role_settings_service_server::RoleSettingsServiceServer::new(Unbuilt)
+        pb::role_settings_service_server::RoleSettingsServiceServer::new(
+            settings::RoleSettingsApi { core: core.clone() }
+        )
     );
     register!(
         registry,
@@ -59,8 +63,6 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unbuilt;
 
-impl pb::drift_service_server::DriftService for Unbuilt {}
 impl pb::principals_service_server::PrincipalsService for Unbuilt {}
-impl pb::role_settings_service_server::RoleSettingsService for Unbuilt {}
 impl pb::role_definitions_service_server::RoleDefinitionsService for Unbuilt {}
 impl pb::scopes_service_server::ScopesService for Unbuilt {}

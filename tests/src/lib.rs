@@ -4,6 +4,8 @@
 // Test support: a broken fixture should fail loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod harness;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenure_e2e::{TestServer, channel_to, config, dev_token};
+use tenure_e2e::{TestServer, channel_to, config};
 use tenure_platform::ApiError;
 use tenure_platform::clock::SystemClock;
 use tenure_platform::consumer::{Consumer, EventHandler};
@@ -97,7 +97,12 @@ async fn consumer_survives_producer_and_consumer_restarts_without_loss_or_duplic
         .await
         .unwrap();
     let addr = server.addr;
-    let token = dev_token(producer_dir.path(), "tenure-system", false).unwrap();
+    let issuer = tenure_platform::auth::DevIssuer::load_or_create(
+        &producer_dir.path().join("dev-issuer"),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let token = tenure_platform::auth::ServiceToken::dev(issuer, "tenure-system");
 
     // The consuming side: its own database with its own event log and cursor table.
     let consumer_db = TestDb::new().await.unwrap();

@@ -761,7 +761,6 @@ fn all_or_nothing_error(failed: &[&pb::ActivationItemResult]) -> ApiError {
 
 /// The next instant a timer must act on `r`, if any.
 pub fn due_at(r: &pb::Request, now: DateTime<Utc>) -> Option<i64> {
-    let _ = now;
     match r.status() {
         pb::RequestStatus::PendingApproval => {
             let s = r
@@ -778,7 +777,13 @@ pub fn due_at(r: &pb::Request, now: DateTime<Utc>) -> Option<i64> {
                 (d, e) => d.or(e).map(to_micros),
             }
         }
-        pb::RequestStatus::Granted => r.start_time.as_ref().and_then(from_proto).map(to_micros),
+        pb::RequestStatus::Granted => {
+            // A scheduled start fires at the start. A request that may start now is
+            // provisioned by the call that granted it; the timer is only its fallback.
+            let start = r.start_time.as_ref().and_then(from_proto)?;
+            let changed = r.update_time.as_ref().and_then(from_proto).unwrap_or(now);
+            Some(to_micros(start.max(changed + TimeDelta::seconds(2))))
+        }
         _ => None,
     }
 }

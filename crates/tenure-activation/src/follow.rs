@@ -35,7 +35,7 @@ fn reason_of(r: asg::InstanceEndReason) -> Option<pb::EndReason> {
 impl EventHandler<asg::Event, pb::Event> for InstanceEnds {
     fn handle<'a>(
         &'a self,
-        _uow: &'a mut UnitOfWork<pb::Event>,
+        uow: &'a mut UnitOfWork<pb::Event>,
         event: &'a asg::Event,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
@@ -54,7 +54,7 @@ impl EventHandler<asg::Event, pb::Event> for InstanceEnds {
             // The request changes in its own unit of work (with its event); a repeat of
             // this event finds it ENDED already and does nothing.
             self.engine
-                .instance_ended(&instance.request_id, reason)
+                .instance_ended_in(uow, &instance.request_id, reason)
                 .await
         })
     }

@@ -61,26 +61,21 @@ impl ActivationContext {
         let client = clients::Assignments::new(assignments.clone(), service_token.clone());
         let engine = engine::Engine::new(db, log.clone(), clock, client);
         tokio::spawn(timers::run(engine.clone(), stop.clone()));
-        let token = service_token.get().ok();
-        match token {
-            Some(token) => {
-                let consumer = Consumer {
-                    name: "assignments".to_owned(),
-                    log: log.clone(),
-                    source: Arc::new(follow::AssignmentsStream {
-                        channel: assignments,
-                        token,
-                    }),
-                    handler: Arc::new(follow::InstanceEnds {
-                        engine: engine.clone(),
-                    }),
-                };
-                tokio::spawn(consumer.run(stop.clone()));
-            }
-            None => tracing::warn!(
-                "no service token: the activation context cannot follow the assignments stream"
-            ),
+        if let Err(e) = service_token.get() {
+            tracing::warn!(error = %e, "no service token: the activation context cannot follow the assignments stream");
         }
+        let consumer = Consumer {
+            name: "assignments".to_owned(),
+            log: log.clone(),
+            source: Arc::new(follow::AssignmentsStream {
+                channel: assignments,
+                token: service_token,
+            }),
+            handler: Arc::new(follow::InstanceEnds {
+                engine: engine.clone(),
+            }),
+        };
+        tokio::spawn(consumer.run(stop.clone()));
         Ok(Self { engine, log })
     }
 

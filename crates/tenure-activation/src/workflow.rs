@@ -5,7 +5,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use tenure_platform::auth::Caller;
 use tenure_platform::clock::{from_proto, to_micros, to_proto};
-use tenure_platform::events::NewEvent;
+use tenure_platform::events::{NewEvent, UnitOfWork};
 use tenure_platform::{ApiError, ApiResult, Violations};
 use tenure_proto::activation::v1 as pb;
 use tenure_proto::assignments::v1 as asg;
@@ -623,9 +623,15 @@ impl Engine {
     }
 
     /// Marks an activation ended because the assignments context ended its instance
-    /// (expiry, eligibility removed, principal disabled).
-    pub async fn instance_ended(&self, request_id: &str, reason: pb::EndReason) -> ApiResult<()> {
-        let Some(s) = store::get(&self.db, request_id).await? else {
+    /// (expiry, eligibility removed, principal disabled), inside the consumer's unit of
+    /// work, so the change, its event and the consumer's cursor commit together.
+    pub async fn instance_ended_in(
+        &self,
+        uow: &mut UnitOfWork<pb::Event>,
+        request_id: &str,
+        reason: pb::EndReason,
+    ) -> ApiResult<()> {
+        let Some(mut s) = store::get_tx(uow, request_id).await? else {
             return Ok(());
         };
         if s.request.status() != pb::RequestStatus::Provisioned
@@ -633,22 +639,24 @@ impl Engine {
         {
             return Ok(());
         }
-        self.transition(request_id, "system", |s, now| {
-            if s.request.status() != pb::RequestStatus::Provisioned {
-                return Ok(Vec::new());
-            }
-            s.request.status = pb::RequestStatus::Ended.into();
-            s.request.end_reason = reason.into();
-            s.request.complete_time = Some(to_proto(now));
-            Ok(vec![
-                pb::RequestEnded {
-                    request: Some(s.request.clone()),
-                    reason: reason.into(),
-                }
-                .into(),
-            ])
-        })
-        .await?;
+        let now = uow.now();
+        s.request.status = pb::RequestStatus::Ended.into();
+        s.request.end_reason = reason.into();
+        s.request.complete_time = Some(to_proto(now));
+        s.request.update_time = Some(to_proto(now));
+        if !store::update(uow, &s, None, s.attempts).await? {
+            return Err(ApiError::Aborted(
+                "the request changed concurrently; the event is handled again".into(),
+            ));
+        }
+        uow.emit(NewEvent::new(
+            pb::RequestEnded {
+                request: Some(s.request.clone()),
+                reason: reason.into(),
+            },
+            "system",
+            request_id,
+        ));
         Ok(())
     }
 

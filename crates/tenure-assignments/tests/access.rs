@@ -3,6 +3,7 @@
 //! the listing RPCs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/src/harness.rs"]
 mod common;
 
 use chrono::TimeDelta;

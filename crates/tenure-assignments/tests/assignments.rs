@@ -3,6 +3,7 @@
 //! bad input, idempotency, events, and nothing half-written.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/src/harness.rs"]
 mod common;
 
 use chrono::TimeDelta;

@@ -3,6 +3,7 @@
 //! reports split over several calls, listing, bad input and authorization.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/src/harness.rs"]
 mod common;
 use common::*;
 

@@ -3,6 +3,7 @@
 //! exactly at its end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/src/harness.rs"]
 mod common;
 
 use chrono::TimeDelta;

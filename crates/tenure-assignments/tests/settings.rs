@@ -2,6 +2,7 @@
 //! value comes from, updates with masks, validation, authorization, events, idempotency.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/src/harness.rs"]
 mod common;
 use common::*;
 

@@ -33,7 +33,9 @@ pub trait EventSource<E>: Send + Sync + 'static {
 /// What a consumer does with each event, inside the consuming context's unit of work.
 pub trait EventHandler<S, O: EventEnvelope>: Send + Sync + 'static {
     /// Handles one event. An error rolls back the unit of work (and the cursor), and the
-    /// event is delivered again after a backoff.
+    /// event is delivered again after a backoff. Write only through `uow`: opening
+    /// another unit of work here would wait for the writer this one holds (on SQLite,
+    /// the only one) and lose the effectively-once guarantee.
     fn handle<'a>(
         &'a self,
         uow: &'a mut UnitOfWork<O>,

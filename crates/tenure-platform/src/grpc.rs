@@ -433,8 +433,9 @@ macro_rules! grpc_event_source {
         pub struct $name {
             /// The channel to the producing context.
             pub channel: $crate::grpc::__reexports::tonic::transport::Channel,
-            /// The bearer token to present.
-            pub token: std::sync::Arc<str>,
+            /// Where the bearer token comes from; a fresh one is taken at every
+            /// (re)subscription, so a long-lived consumer never presents an expired token.
+            pub token: $crate::auth::ServiceToken,
         }
 
         const _: () = {
@@ -451,9 +452,13 @@ macro_rules! grpc_event_source {
                     Result<futures::stream::BoxStream<'static, Result<pkg::Event, $crate::ApiError>>, $crate::ApiError>,
                 > {
                     Box::pin(async move {
+                        let token = self
+                            .token
+                            .get()
+                            .map_err(|e| $crate::ApiError::Unavailable(format!("{e:#}")))?;
                         let mut client = pkg::events_service_client::EventsServiceClient::with_interceptor(
                             self.channel.clone(),
-                            $crate::grpc::Propagate::with_token(self.token.clone()),
+                            $crate::grpc::Propagate::with_token(token),
                         )
                         .max_decoding_message_size(16 * 1024 * 1024);
                         let response = client

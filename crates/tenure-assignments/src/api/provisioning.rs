@@ -177,10 +177,19 @@ impl ProvisioningApi {
         }
 
         let mut uow = self.core.begin().await?;
+        // A concurrent call with the same request id may have committed meanwhile: the
+        // same request is answered with the same instance, never provisioned twice.
+        if let Some(existing) = activation_by_request(&self.core, uow.tx(), &r.request_id).await? {
+            uow.rollback().await?;
+            return Ok(pb::ProvisionActivationResponse {
+                instance: Some(store::activation_proto(&self.core, &existing, now)),
+                sequence: self.core.applied(),
+            });
+        }
         // Another activation of the same principal, role and scope overlapping?
         let overlap = sqlx::query(
             "SELECT request_id FROM assignments_activations WHERE principal_id = $1 AND role_id = $2 AND scope_id = $3 \
-             AND ended_at IS NULL AND end_at > $4 AND start_at < $5 AND end_at > $6",
+             AND ended_at IS NULL AND end_at > $4 AND start_at < $5 AND end_at > $6 AND request_id <> $7",
         )
         .bind(&r.principal_id)
         .bind(&r.role_id)
@@ -188,6 +197,7 @@ impl ProvisioningApi {
         .bind(to_micros(now))
         .bind(to_micros(end))
         .bind(to_micros(start))
+        .bind(&r.request_id)
         .fetch_optional(&mut **uow.tx())
         .await?;
         if let Some(o) = overlap {
@@ -298,6 +308,14 @@ impl ProvisioningApi {
             uow.rollback().await?;
             return Err(ApiError::not_found("activation", &r.activation_request_id));
         };
+        if a.end_at == to_micros(new_end) && a.ended_at.is_none() {
+            // Already extended to exactly this end (a retry, or a concurrent twin).
+            uow.rollback().await?;
+            return Ok(pb::ExtendActivationResponse {
+                instance: Some(store::activation_proto(&self.core, &a, now)),
+                sequence: self.core.applied(),
+            });
+        }
         let failure = if a.ended_at.is_some() || a.end_at <= to_micros(now) {
             Some("the activation has ended".to_owned())
         } else if to_micros(new_end) <= a.end_at {

@@ -37,6 +37,9 @@ pub fn t0() -> DateTime<Utc> {
 
 impl Harness {
     pub async fn start() -> Self {
+        if std::env::var("RUST_LOG").is_ok() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
         let db = TestDb::new().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(t0());
@@ -127,6 +130,14 @@ impl Harness {
     }
     pub fn drift(&self) -> pb::drift_service_client::DriftServiceClient<Channel> {
         pb::drift_service_client::DriftServiceClient::new(self.channel.clone())
+    }
+    pub fn activation(
+        &self,
+    ) -> tenure_proto::activation::v1::activation_service_client::ActivationServiceClient<Channel>
+    {
+        tenure_proto::activation::v1::activation_service_client::ActivationServiceClient::new(
+            self.channel.clone(),
+        )
     }
     pub fn events(&self) -> pb::events_service_client::EventsServiceClient<Channel> {
         pb::events_service_client::EventsServiceClient::new(self.channel.clone())

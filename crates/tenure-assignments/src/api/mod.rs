@@ -9,6 +9,10 @@ use tenure_proto::assignments::v1 as pb;
 
 use crate::core::Core;
 
+pub mod principals;
+pub mod roles;
+pub mod scopes;
+
 /// Registers every service of the context.
 pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     register!(
@@ -25,7 +29,9 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::principals_service_server::PrincipalsServiceServer::new(Unbuilt)
+        pb::principals_service_server::PrincipalsServiceServer::new(principals::PrincipalsApi {
+            core: core.clone()
+        })
     );
     register!(
         registry,
@@ -37,13 +43,16 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::role_definitions_service_server::RoleDefinitionsServiceServer::new(Unbuilt)
+        pb::role_definitions_service_server::RoleDefinitionsServiceServer::new(roles::RolesApi {
+            core: core.clone()
+        })
     );
     register!(
         registry,
-        pb::scopes_service_server::ScopesServiceServer::new(Unbuilt)
+        pb::scopes_service_server::ScopesServiceServer::new(scopes::ScopesApi {
+            core: core.clone()
+        })
     );
-    let _ = core;
 }
 
 /// Services not built yet: every RPC answers UNIMPLEMENTED.
@@ -53,8 +62,5 @@ pub struct Unbuilt;
 impl pb::access_service_server::AccessService for Unbuilt {}
 impl pb::assignments_service_server::AssignmentsService for Unbuilt {}
 impl pb::drift_service_server::DriftService for Unbuilt {}
-impl pb::principals_service_server::PrincipalsService for Unbuilt {}
 impl pb::provisioning_service_server::ProvisioningService for Unbuilt {}
 impl pb::role_settings_service_server::RoleSettingsService for Unbuilt {}
-impl pb::role_definitions_service_server::RoleDefinitionsService for Unbuilt {}
-impl pb::scopes_service_server::ScopesService for Unbuilt {}

@@ -48,21 +48,46 @@ impl Harness {
         };
         config.auth.bootstrap_principal = Some(ADMIN.to_owned());
         let stop = tokio_util::sync::CancellationToken::new();
-        let (addr, contexts, task) =
-            tenure_server::spawn(config, Arc::new(clock.clone()), stop.clone().cancelled_owned()).await.unwrap();
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let issuer = DevIssuer::load_or_create(&dir.path().join("dev-issuer"), Arc::new(clock.clone())).unwrap();
-        Self { addr, clock, channel, contexts, issuer, stop, task: Some(task), _db: db, _dir: dir }
+        let (addr, contexts, task) = tenure_server::spawn(
+            config,
+            Arc::new(clock.clone()),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .unwrap();
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let issuer =
+            DevIssuer::load_or_create(&dir.path().join("dev-issuer"), Arc::new(clock.clone()))
+                .unwrap();
+        Self {
+            addr,
+            clock,
+            channel,
+            contexts,
+            issuer,
+            stop,
+            task: Some(task),
+            _db: db,
+            _dir: dir,
+        }
     }
 
     /// A token for `subject` (valid for a day from the clock's now).
     pub fn token(&self, subject: &str) -> String {
-        self.issuer.mint(subject, false, TimeDelta::hours(24)).unwrap()
+        self.issuer
+            .mint(subject, false, TimeDelta::hours(24))
+            .unwrap()
     }
 
     /// A token for `subject` with a fresh MFA.
     pub fn token_mfa(&self, subject: &str) -> String {
-        self.issuer.mint(subject, true, TimeDelta::hours(24)).unwrap()
+        self.issuer
+            .mint(subject, true, TimeDelta::hours(24))
+            .unwrap()
     }
 
     /// A request carrying `subject`'s token.
@@ -78,7 +103,9 @@ impl Harness {
     pub fn principals(&self) -> pb::principals_service_client::PrincipalsServiceClient<Channel> {
         pb::principals_service_client::PrincipalsServiceClient::new(self.channel.clone())
     }
-    pub fn roles(&self) -> pb::role_definitions_service_client::RoleDefinitionsServiceClient<Channel> {
+    pub fn roles(
+        &self,
+    ) -> pb::role_definitions_service_client::RoleDefinitionsServiceClient<Channel> {
         pb::role_definitions_service_client::RoleDefinitionsServiceClient::new(self.channel.clone())
     }
     pub fn scopes(&self) -> pb::scopes_service_client::ScopesServiceClient<Channel> {
@@ -93,7 +120,9 @@ impl Harness {
     pub fn settings(&self) -> pb::role_settings_service_client::RoleSettingsServiceClient<Channel> {
         pb::role_settings_service_client::RoleSettingsServiceClient::new(self.channel.clone())
     }
-    pub fn provisioning(&self) -> pb::provisioning_service_client::ProvisioningServiceClient<Channel> {
+    pub fn provisioning(
+        &self,
+    ) -> pb::provisioning_service_client::ProvisioningServiceClient<Channel> {
         pb::provisioning_service_client::ProvisioningServiceClient::new(self.channel.clone())
     }
     pub fn drift(&self) -> pb::drift_service_client::DriftServiceClient<Channel> {
@@ -127,7 +156,13 @@ impl Harness {
             })
             .collect();
         self.principals()
-            .upsert_principals(self.req(ADMIN, pb::UpsertPrincipalsRequest { principals, request_id: String::new() }))
+            .upsert_principals(self.req(
+                ADMIN,
+                pb::UpsertPrincipalsRequest {
+                    principals,
+                    request_id: String::new(),
+                },
+            ))
             .await
             .unwrap();
     }
@@ -143,13 +178,18 @@ impl Harness {
 /// `msg` with a bearer token.
 pub fn authed<T>(msg: T, token: &str) -> Request<T> {
     let mut r = Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
 /// Asserts a call failed with `code` and, when given, that the message or a field
 /// violation mentions `mentions`.
-pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, mentions: &str) -> Status {
+pub fn assert_status<T: std::fmt::Debug>(
+    r: Result<T, Status>,
+    code: Code,
+    mentions: &str,
+) -> Status {
     let s = r.expect_err("expected an error status");
     assert_eq!(s.code(), code, "status {s:?}");
     if !mentions.is_empty() {
@@ -157,7 +197,12 @@ pub fn assert_status<T: std::fmt::Debug>(r: Result<T, Status>, code: Code, menti
         let fields: Vec<String> = s
             .get_error_details()
             .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| format!("{} {}", v.field, v.description)).collect())
+            .map(|b| {
+                b.field_violations
+                    .iter()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(
             s.message().contains(mentions) || fields.iter().any(|f| f.contains(mentions)),

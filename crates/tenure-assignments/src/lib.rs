@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod catalogue;
 pub mod core;
+pub mod directory_rules;
 pub mod drift_store;
 pub mod expiry;
 pub mod model;

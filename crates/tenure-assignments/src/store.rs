@@ -604,3 +604,17 @@ pub fn assignment_instance(core: &Core, r: &AssignmentRow, now: DateTime<Utc>) -
         }),
     }
 }
+
+// ----- generic helpers ---------------------------------------------------------------------
+
+/// "$first, $first+1, …" for `n` values, for an `IN (…)` list.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many values an `IN (…)` list binds at most per query (well below the limits of
+/// SQLite and PostgreSQL).
+pub const IN_CHUNK: usize = 500;

@@ -13,7 +13,10 @@ pub mod access;
 pub mod assignments;
 pub mod drift;
 pub mod instances;
+pub mod principals;
 pub mod provisioning;
+pub mod roles;
+pub mod scopes;
 pub mod settings;
 
 /// Registers every service of the context.
@@ -35,7 +38,9 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::principals_service_server::PrincipalsServiceServer::new(Unbuilt)
+        pb::principals_service_server::PrincipalsServiceServer::new(principals::PrincipalsApi {
+            core: core.clone()
+        })
     );
     register!(
         registry,
@@ -51,18 +56,14 @@ pub fn register(core: &Arc<Core>, registry: &mut Registry) {
     );
     register!(
         registry,
-        pb::role_definitions_service_server::RoleDefinitionsServiceServer::new(Unbuilt)
+        pb::role_definitions_service_server::RoleDefinitionsServiceServer::new(roles::RolesApi {
+            core: core.clone()
+        })
     );
     register!(
         registry,
-        pb::scopes_service_server::ScopesServiceServer::new(Unbuilt)
+        pb::scopes_service_server::ScopesServiceServer::new(scopes::ScopesApi {
+            core: core.clone()
+        })
     );
 }
-
-/// Services not built yet: every RPC answers UNIMPLEMENTED.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Unbuilt;
-
-impl pb::principals_service_server::PrincipalsService for Unbuilt {}
-impl pb::role_definitions_service_server::RoleDefinitionsService for Unbuilt {}
-impl pb::scopes_service_server::ScopesService for Unbuilt {}

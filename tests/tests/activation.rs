@@ -445,10 +445,9 @@ async fn approval_rules_self_non_approver_twice_closed_and_racing_approvers() {
     let (a, b) = tokio::join!(approve("kenneth"), approve("lisa"));
     let oks = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
     assert_eq!(oks, 1, "exactly one approval stands: {a:?} / {b:?}");
-    let loser = if a.is_err() {
-        a.unwrap_err()
-    } else {
-        b.unwrap_err()
+    let loser = match (a, b) {
+        (Err(e), _) | (_, Err(e)) => e,
+        _ => unreachable!("one of them failed"),
     };
     assert_eq!(loser.code(), Code::FailedPrecondition);
     assert!(

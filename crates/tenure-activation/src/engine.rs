@@ -688,10 +688,9 @@ impl Engine {
                     .as_ref()
                     .and_then(from_proto)
                     .is_some_and(|s| s <= self.clock.now())
+                && let Err(e) = self.provision(&p.request.id).await
             {
-                if let Err(e) = self.provision(&p.request.id).await {
-                    tracing::warn!(request = %p.request.id, error = %e, "provisioning failed; the timer retries");
-                }
+                tracing::warn!(request = %p.request.id, error = %e, "provisioning failed; the timer retries");
             }
         }
         self.refresh(pb::ActivateRolesResponse { results, batch_id })

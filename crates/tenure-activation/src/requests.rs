@@ -283,11 +283,11 @@ impl Engine {
         let target = store::get(&self.db, &r.activation_request_id)
             .await?
             .ok_or_else(|| ApiError::not_found("activation request", &r.activation_request_id))?;
-        if !target
+        if target
             .request
             .requestor
             .as_ref()
-            .is_some_and(|p| p.id == caller.principal_id)
+            .is_none_or(|p| p.id != caller.principal_id)
         {
             return Err(ApiError::denied("only the holder extends an activation"));
         }
@@ -381,10 +381,9 @@ impl Engine {
             .assignments
             .assignment(&caller.token, &r.assignment_id)
             .await?;
-        if !a
-            .principal
+        if a.principal
             .as_ref()
-            .is_some_and(|p| p.id == caller.principal_id)
+            .is_none_or(|p| p.id != caller.principal_id)
         {
             return Err(ApiError::denied(
                 "only the assignment's own principal renews it (group assignments are renewed by administrators)",

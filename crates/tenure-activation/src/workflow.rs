@@ -485,11 +485,10 @@ impl Engine {
     /// Cancels the caller's pending (or scheduled) request.
     pub async fn cancel(&self, caller: &Caller, id: &str, reason: &str) -> ApiResult<Stored> {
         let s = self.load(id).await?;
-        if !s
-            .request
+        if s.request
             .requestor
             .as_ref()
-            .is_some_and(|r| r.id == caller.principal_id)
+            .is_none_or(|r| r.id != caller.principal_id)
         {
             return Err(ApiError::denied("only the requestor cancels a request"));
         }

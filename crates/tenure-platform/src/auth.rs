@@ -485,6 +485,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // Tenure's own identity for calls between contexts.
 
+/// The last minted service token and when it was minted.
+pub type TokenCache = Arc<std::sync::Mutex<Option<(DateTime<Utc>, Arc<str>)>>>;
+
 /// Where a context gets the bearer token it presents when it calls another context on
 /// its own behalf (provisioning an approved request, reading for a timer): minted by
 /// the development issuer in the embedded default, or read from a file that a token
@@ -498,7 +501,7 @@ pub enum ServiceToken {
         /// The service principal id.
         principal: String,
         /// The last token and when it was minted.
-        cache: Arc<std::sync::Mutex<Option<(DateTime<Utc>, Arc<str>)>>>,
+        cache: TokenCache,
     },
     /// Read from a file on every use (the file is rotated by something else).
     File(std::path::PathBuf),

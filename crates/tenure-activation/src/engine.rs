@@ -421,16 +421,14 @@ impl Engine {
         // Overlap with the caller's own requests for the same role and scope.
         let overlapping = store::query(
             &self.db,
-            "requestor_id = $1 AND role_id = $2 AND scope_id = $3 AND action = $4 AND status IN ($5, $6, $7)",
-            &[
-                &caller.principal_id,
-                &item.role_id,
-                &scope_id,
-                &i32::from(pb::RequestAction::Activate).to_string(),
-                &i32::from(pb::RequestStatus::PendingApproval).to_string(),
-                &i32::from(pb::RequestStatus::Granted).to_string(),
-                &i32::from(pb::RequestStatus::Provisioned).to_string(),
-            ],
+            &format!(
+                "requestor_id = $1 AND role_id = $2 AND scope_id = $3 AND action = {} AND status IN ({}, {}, {})",
+                i32::from(pb::RequestAction::Activate),
+                i32::from(pb::RequestStatus::PendingApproval),
+                i32::from(pb::RequestStatus::Granted),
+                i32::from(pb::RequestStatus::Provisioned),
+            ),
+            &[&caller.principal_id, &item.role_id, &scope_id],
             10,
         )
         .await?

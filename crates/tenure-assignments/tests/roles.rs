@@ -622,6 +622,8 @@ async fn delete_is_refused_while_assigned_and_for_built_in_roles() {
 
     // ended assignments do not count
     h.clock.advance(TimeDelta::hours(2));
+    // (the expiry timer records the end with an event of its own: wait for it)
+    h.wait_event(seq, "AssignmentExpired").await;
     del("temp-role", &role.etag, "d1").await.unwrap();
     let ev = payloads(&h, seq).await;
     assert!(

@@ -483,6 +483,8 @@ async fn remove_is_refused_while_assigned_and_removes_the_subtree_deepest_first(
 
     // once the assignment has ended, the subtree goes, deepest first
     h.clock.advance(TimeDelta::hours(2));
+    // (the expiry timer records the end with an event of its own: wait for it)
+    h.wait_event(seq, "AssignmentExpired").await;
     let r = remove(MG2, "rm").await.unwrap().into_inner();
     assert_eq!(r.removed_scope_ids, vec![VM, RG, SUB, MG2]);
     let ev = payloads(&h, seq).await;

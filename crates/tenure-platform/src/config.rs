@@ -190,6 +190,29 @@ impl Default for Config {
     }
 }
 
+/// The top-level keys of the server's configuration (the only `TENURE_*` variables it
+/// reads).
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "contexts",
+    "peers",
+    "telemetry",
+    "auth",
+    "limits",
+];
+
+/// `TENURE_*` variables that belong to other tools (tenurectl, the test suite, the
+/// `--config` flag) and are expected in the same shell.
+const OTHER_TENURE_VARIABLES: &[&str] = &[
+    "TENURE_CONFIG",
+    "TENURE_SERVER",
+    "TENURE_TOKEN",
+    "TENURE_HOME",
+    "TENURE_TEST_DATABASE_URL",
+];
+
 /// Values given on the command line; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -215,12 +238,28 @@ impl Config {
             anyhow::ensure!(path.exists(), "config file {} not found", path.display());
             fig = fig.merge(Toml::file(path));
         }
+        for (name, _) in std::env::vars() {
+            let Some(key) = name.strip_prefix("TENURE_") else {
+                continue;
+            };
+            let top = key
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !SERVER_KEYS.contains(&top.as_str())
+                && !OTHER_TENURE_VARIABLES.contains(&name.as_str())
+            {
+                eprintln!(
+                    "tenure: ignoring {name}: not a server setting (see deploy/tenure.example.toml)"
+                );
+            }
+        }
         let fig = fig
-            .merge(Env::prefixed("TENURE_").split("__").ignore(&[
-                "config",
-                "test_database_url",
-                "log",
-            ]))
+            .merge(Env::prefixed("TENURE_").split("__").filter(|k| {
+                let top = k.as_str().split('.').next().unwrap_or_default();
+                SERVER_KEYS.contains(&top)
+            }))
             .merge(Serialized::defaults(overrides));
         let config: Config = fig
             .extract()

@@ -50,11 +50,20 @@ impl App {
     /// `self_addr` is where this process serves: contexts reach each other over gRPC,
     /// at this address when they run here, or at `peers.*` when they run elsewhere.
     pub async fn build(
-        config: Config,
+        mut config: Config,
         clock: SharedClock,
         self_addr: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        if config.dev_issuer_enabled() && config.auth.bootstrap_principal.is_none() {
+            // With the development issuer anyone on this machine can mint any token
+            // already; naming the first administrator "admin" takes nothing away and lets
+            // a newcomer configure Tenure at once.
+            tracing::warn!(
+                "development issuer: \"admin\" is the bootstrap Privileged Role Administrator (set auth.bootstrap_principal to change it)"
+            );
+            config.auth.bootstrap_principal = Some("admin".to_owned());
+        }
         let db = Db::connect(&config.effective_database_url()).await?;
         let served = config.context_list()?;
 

@@ -24,6 +24,7 @@ pub struct Harness {
     pub channel: Channel,
     pub contexts: tenure_server::Contexts,
     issuer: DevIssuer,
+    config: Config,
     stop: tokio_util::sync::CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: TestDb,
@@ -51,6 +52,7 @@ impl Harness {
         };
         config.auth.bootstrap_principal = Some(ADMIN.to_owned());
         let stop = tokio_util::sync::CancellationToken::new();
+        let kept = config.clone();
         let (addr, contexts, task) = tenure_server::spawn(
             config,
             Arc::new(clock.clone()),
@@ -72,6 +74,7 @@ impl Harness {
             channel,
             contexts,
             issuer,
+            config: kept,
             stop,
             task: Some(task),
             _db: db,
@@ -322,6 +325,32 @@ impl Harness {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("no {type_name} event after {after}");
+    }
+
+    /// Stops the server and starts it again on the same database, data directory and
+    /// clock (a new port): what a restart after a crash or an upgrade looks like.
+    pub async fn restart(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (addr, contexts, task) = tenure_server::spawn(
+            self.config.clone(),
+            Arc::new(self.clock.clone()),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .unwrap();
+        self.channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        self.addr = addr;
+        self.contexts = contexts;
+        self.stop = stop;
+        self.task = Some(task);
     }
 
     pub async fn stop(mut self) {

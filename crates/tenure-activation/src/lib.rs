@@ -42,6 +42,8 @@ pub struct ActivationContext {
     pub engine: Arc<engine::Engine>,
     /// The context's event log.
     pub log: EventLog<pb::Event>,
+    /// Tenure's own service identities (they may follow this context's stream).
+    pub service_principals: Vec<String>,
 }
 
 impl ActivationContext {
@@ -53,6 +55,7 @@ impl ActivationContext {
         clock: SharedClock,
         assignments: tonic::transport::Channel,
         service_token: ServiceToken,
+        service_principals: Vec<String>,
         stop: &CancellationToken,
     ) -> anyhow::Result<Self> {
         db.migrate(schema::migrations(db.backend())).await?;
@@ -76,7 +79,11 @@ impl ActivationContext {
             }),
         };
         tokio::spawn(consumer.run(stop.clone()));
-        Ok(Self { engine, log })
+        Ok(Self {
+            engine,
+            log,
+            service_principals,
+        })
     }
 
     /// Registers this context's gRPC services.
@@ -85,7 +92,24 @@ impl ActivationContext {
         register!(
             registry,
             pb::events_service_server::EventsServiceServer::new(EventsApi {
-                log: self.log.clone()
+                log: self.log.clone(),
+                authorize: {
+                    let engine = self.engine.clone();
+                    let services = self.service_principals.clone();
+                    std::sync::Arc::new(move |caller: tenure_platform::auth::Caller| {
+                        let engine = engine.clone();
+                        let trusted = services.contains(&caller.principal_id);
+                        Box::pin(async move {
+                            if trusted || engine.reads_all(&caller, "/").await? {
+                                Ok(())
+                            } else {
+                                Err(tenure_platform::ApiError::denied(
+                                    "the event stream needs a reading role (tenure/read) at \"/\"",
+                                ))
+                            }
+                        })
+                    })
+                },
             })
         );
         register!(

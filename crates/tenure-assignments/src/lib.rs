@@ -84,6 +84,21 @@ impl AssignmentsContext {
     pub fn events_api(&self) -> EventsApi {
         EventsApi {
             log: self.log.clone(),
+            authorize: {
+                let core = self.core.clone();
+                std::sync::Arc::new(move |caller| {
+                    let allowed = core.can_read_all(&caller);
+                    Box::pin(async move {
+                        if allowed {
+                            Ok(())
+                        } else {
+                            Err(tenure_platform::ApiError::denied(
+                                "the event stream needs a reading role (tenure/read) at \"/\"",
+                            ))
+                        }
+                    })
+                })
+            },
         }
     }
 }

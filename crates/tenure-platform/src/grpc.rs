@@ -316,6 +316,10 @@ mod tests {
     }
 }
 
+/// An authorization check of a caller, supplied by the context that serves an RPC.
+pub type Authorize =
+    Arc<dyn Fn(Caller) -> futures::future::BoxFuture<'static, crate::ApiResult<()>> + Send + Sync>;
+
 #[doc(hidden)]
 pub mod __reexports {
     pub use futures;
@@ -334,6 +338,9 @@ macro_rules! events_service {
         pub struct $name {
             /// The context's event log.
             pub log: $crate::events::EventLog<$($pkg)::+::Event>,
+            /// Who may subscribe (events carry justifications, tickets and who holds
+            /// what: readers and Tenure's own services only).
+            pub authorize: $crate::grpc::Authorize,
         }
 
         const _: () = {
@@ -350,6 +357,8 @@ macro_rules! events_service {
                     tonic::Response<tonic::codegen::BoxStream<pkg::SubscribeEventsResponse>>,
                     tonic::Status,
                 > {
+                    let who = $crate::grpc::caller(&request)?;
+                    (self.authorize)(who).await.map_err($crate::grpc::status)?;
                     let r = request.into_inner();
                     if r.after_sequence < 0 {
                         return Err($crate::grpc::status($crate::ApiError::invalid(

@@ -1,5 +1,6 @@
 //! Telemetry, set up in one place: `tracing` with `RUST_LOG` (default `info`), text or
-//! JSON lines, and OTLP trace export only when an endpoint is configured.
+//! JSON lines on stderr (stdout is for what scripts read), and OTLP trace export only
+//! when an endpoint is configured.
 
 use opentelemetry::trace::TracerProvider as _;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -21,10 +22,12 @@ impl Telemetry {
             || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let fmt = match cfg.log_format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
                 .with_target(false)
                 .with_filter(filter())
                 .boxed(),
             LogFormat::Json => tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
                 .json()
                 .flatten_event(true)
                 .with_filter(filter())

@@ -53,6 +53,11 @@ impl ReviewsContext {
     pub fn events_api(&self) -> EventsApi {
         EventsApi {
             log: self.log.clone(),
+            // Not built yet: until this context checks readers, its (empty) stream is
+            // refused to everyone.
+            authorize: std::sync::Arc::new(|_| {
+                Box::pin(async { Err(tenure_platform::ApiError::denied("not available yet")) })
+            }),
         }
     }
 }

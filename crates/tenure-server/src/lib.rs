@@ -159,6 +159,7 @@ impl App {
                     clock.clone(),
                     channel,
                     service_token.clone(),
+                    config.auth.service_principals.clone(),
                     &background,
                 )
                 .await?,

@@ -60,7 +60,7 @@ async fn the_binary_serves_on_port_zero_and_stops_on_sigterm() {
 
     // A token from `tenure token` (same data directory, same key) is accepted.
     let out = Command::new(BIN)
-        .args(["token", "--subject", "ferry", "--data-dir"])
+        .args(["token", "--subject", "tenure-system", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();

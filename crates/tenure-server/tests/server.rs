@@ -227,7 +227,8 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_unbuilt_rpcs_unimpl
 async fn a_subscriber_gets_replayed_then_live_events_and_a_clear_end_on_shutdown() {
     let s = start().await;
     let ch = channel(s.addr).await;
-    let t = token(&ch, "auditor").await;
+    let nobody = token(&ch, "auditor").await;
+    let t = token(&ch, "tenure-system").await;
     let log = s.contexts.assignments.as_ref().unwrap().log.clone();
     // The catalogue seeded at first start is already in the log.
     let base = log.head();
@@ -250,6 +251,12 @@ async fn a_subscriber_gets_replayed_then_live_events_and_a_clear_end_on_shutdown
     uow.commit().await.unwrap();
 
     let mut events = asg::events_service_client::EventsServiceClient::new(ch.clone());
+    // The stream carries justifications and who holds what: not for just anyone.
+    let denied = events
+        .subscribe_events(authed(asg::SubscribeEventsRequest::default(), &nobody))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
     let bad = events
         .subscribe_events(authed(
             asg::SubscribeEventsRequest {

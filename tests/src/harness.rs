@@ -353,11 +353,58 @@ impl Harness {
         self.task = Some(task);
     }
 
+    /// Sets the activation settings of `role` (the fields not given inherit).
+    pub async fn set_activation(&self, role: &str, a: pb::ActivationSettings) {
+        self.settings()
+            .update_role_settings(self.req(
+                ADMIN,
+                pb::UpdateRoleSettingsRequest {
+                    role_settings: Some(pb::RoleSettings {
+                        role_id: role.into(),
+                        activation: Some(a),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["activation".into()],
+                    }),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
+    }
+}
+
+/// A reference to a user, for settings that name approvers.
+pub fn user_ref(id: &str) -> tenure_proto::common::v1::PrincipalRef {
+    tenure_proto::common::v1::PrincipalRef {
+        id: id.into(),
+        r#type: tenure_proto::common::v1::PrincipalType::User.into(),
+        ..Default::default()
+    }
+}
+
+/// Activation settings needing one approval by these users (and no MFA).
+pub fn approval_by(approvers: &[&str]) -> pb::ActivationSettings {
+    pb::ActivationSettings {
+        require_approval: Some(true),
+        require_mfa: Some(false),
+        approval: Some(pb::ApprovalSettings {
+            stages: vec![pb::ApprovalStage {
+                approvers: approvers.iter().map(|a| user_ref(a)).collect(),
+                required_approvals: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 

@@ -7,55 +7,10 @@ use chrono::TimeDelta;
 use tenure_e2e::harness::*;
 use tenure_proto::activation::v1 as act;
 use tenure_proto::assignments::v1 as asg;
-use tenure_proto::common::v1::{AssignmentType, PrincipalRef, PrincipalType};
+use tenure_proto::common::v1::AssignmentType;
 use tonic::Code;
 
 const BILLING: &str = "billing-administrator";
-
-fn user(id: &str) -> PrincipalRef {
-    PrincipalRef {
-        id: id.into(),
-        r#type: PrincipalType::User.into(),
-        ..Default::default()
-    }
-}
-
-/// Sets the activation settings of `role` (other fields inherit).
-async fn set_activation(h: &Harness, role: &str, a: asg::ActivationSettings) {
-    h.settings()
-        .update_role_settings(h.req(
-            ADMIN,
-            asg::UpdateRoleSettingsRequest {
-                role_settings: Some(asg::RoleSettings {
-                    role_id: role.into(),
-                    activation: Some(a),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["activation".into()],
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
-}
-
-fn approval_by(approvers: &[&str]) -> asg::ActivationSettings {
-    asg::ActivationSettings {
-        require_approval: Some(true),
-        require_mfa: Some(false),
-        approval: Some(asg::ApprovalSettings {
-            stages: vec![asg::ApprovalStage {
-                approvers: approvers.iter().map(|a| user(a)).collect(),
-                required_approvals: 1,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn item(role: &str) -> act::ActivationItem {
     act::ActivationItem {
@@ -100,7 +55,7 @@ async fn the_field_report_story_ferry_activates_kenneth_approves_it_ends_on_time
     h.seed_users(&["ferry", "kenneth"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(&h, BILLING, approval_by(&["kenneth"])).await;
+    h.set_activation(BILLING, approval_by(&["kenneth"])).await;
 
     // Ferry asks, with a justification: pending Kenneth's approval.
     let resp = h
@@ -208,8 +163,7 @@ async fn three_roles_at_once_one_needing_mfa_all_or_nothing() {
         h.assign(AssignmentType::Eligible, "ferry", r, "/").await;
     }
     for r in &roles[..2] {
-        set_activation(
-            &h,
+        h.set_activation(
             r,
             asg::ActivationSettings {
                 require_mfa: Some(false),
@@ -275,8 +229,7 @@ async fn each_check_fails_clearly_and_partial_and_dry_run_behave() {
     h.seed_users(&["ferry"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -383,7 +336,8 @@ async fn approval_rules_self_non_approver_twice_closed_and_racing_approvers() {
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
     // Ferry is also named approver: he is left out of his own request's approvers.
-    set_activation(&h, BILLING, approval_by(&["kenneth", "lisa", "ferry"])).await;
+    h.set_activation(BILLING, approval_by(&["kenneth", "lisa", "ferry"]))
+        .await;
     let r = h
         .activation()
         .activate_roles(h.req("ferry", activate(vec![item(BILLING)])))
@@ -500,8 +454,9 @@ async fn a_deny_ends_the_request_and_pending_requests_time_out_after_24_hours() 
         "/",
     )
     .await;
-    set_activation(&h, BILLING, approval_by(&["kenneth"])).await;
-    set_activation(&h, "exchange-administrator", approval_by(&["kenneth"])).await;
+    h.set_activation(BILLING, approval_by(&["kenneth"])).await;
+    h.set_activation("exchange-administrator", approval_by(&["kenneth"]))
+        .await;
     let r1 = h
         .activation()
         .activate_roles(h.req("ferry", activate(vec![item(BILLING)])))
@@ -569,8 +524,7 @@ async fn deactivate_early_cancel_pending_and_extend() {
     h.seed_users(&["ferry", "kenneth"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -668,7 +622,7 @@ async fn deactivate_early_cancel_pending_and_extend() {
     assert_eq!(d.end_reason(), act::EndReason::Deactivated);
     assert!(!h.allowed("ferry", BILLING, "/").await);
     // cancel a pending request; cancelling again is refused naming its status
-    set_activation(&h, BILLING, approval_by(&["kenneth"])).await;
+    h.set_activation(BILLING, approval_by(&["kenneth"])).await;
     let p = h
         .activation()
         .activate_roles(h.req("ferry", activate(vec![item(BILLING)])))

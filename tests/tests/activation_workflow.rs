@@ -9,38 +9,10 @@ use tenure_e2e::harness::*;
 use tenure_platform::clock::{Clock as _, to_proto};
 use tenure_proto::activation::v1 as act;
 use tenure_proto::assignments::v1 as asg;
-use tenure_proto::common::v1::{AssignmentType, PrincipalRef, PrincipalType};
+use tenure_proto::common::v1::AssignmentType;
 use tonic::Code;
 
 const BILLING: &str = "billing-administrator";
-
-fn user(id: &str) -> PrincipalRef {
-    PrincipalRef {
-        id: id.into(),
-        r#type: PrincipalType::User.into(),
-        ..Default::default()
-    }
-}
-
-async fn set_activation(h: &Harness, role: &str, a: asg::ActivationSettings) {
-    h.settings()
-        .update_role_settings(h.req(
-            ADMIN,
-            asg::UpdateRoleSettingsRequest {
-                role_settings: Some(asg::RoleSettings {
-                    role_id: role.into(),
-                    activation: Some(a),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["activation".into()],
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
-}
 
 fn item(role: &str) -> act::ActivationItem {
     act::ActivationItem {
@@ -113,8 +85,7 @@ async fn two_stages_in_series_each_with_its_required_approvals() {
     h.seed_users(&["ferry", "kenneth", "lisa", "mark"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -122,12 +93,12 @@ async fn two_stages_in_series_each_with_its_required_approvals() {
             approval: Some(asg::ApprovalSettings {
                 stages: vec![
                     asg::ApprovalStage {
-                        approvers: vec![user("kenneth"), user("lisa")],
+                        approvers: vec![user_ref("kenneth"), user_ref("lisa")],
                         required_approvals: 2,
                         ..Default::default()
                     },
                     asg::ApprovalStage {
-                        approvers: vec![user("mark")],
+                        approvers: vec![user_ref("mark")],
                         required_approvals: 1,
                         ..Default::default()
                     },
@@ -174,17 +145,16 @@ async fn an_unanswered_stage_escalates_to_its_escalation_approvers() {
     h.seed_users(&["ferry", "kenneth", "erin"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
             require_approval: Some(true),
             approval: Some(asg::ApprovalSettings {
                 stages: vec![asg::ApprovalStage {
-                    approvers: vec![user("kenneth")],
+                    approvers: vec![user_ref("kenneth")],
                     required_approvals: 1,
-                    escalation_approvers: vec![user("erin")],
+                    escalation_approvers: vec![user_ref("erin")],
                     escalation_after: Some(prost_types::Duration {
                         seconds: 3600,
                         nanos: 0,
@@ -217,8 +187,7 @@ async fn a_future_start_is_granted_then_provisioned_exactly_at_its_start() {
     h.seed_users(&["ferry"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -244,8 +213,7 @@ async fn an_administrator_revokes_and_nobody_revokes_their_own() {
     h.seed_users(&["ferry", "eve"]).await;
     h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -320,8 +288,7 @@ async fn an_expired_assignment_is_renewed_by_its_holder_within_thirty_days() {
         .into_inner()
         .assignment
         .unwrap();
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -385,15 +352,14 @@ async fn a_provisioning_refused_by_the_assignments_context_ends_failed_with_its_
     let e = h
         .assign(AssignmentType::Eligible, "ferry", BILLING, "/")
         .await;
-    set_activation(
-        &h,
+    h.set_activation(
         BILLING,
         asg::ActivationSettings {
             require_mfa: Some(false),
             require_approval: Some(true),
             approval: Some(asg::ApprovalSettings {
                 stages: vec![asg::ApprovalStage {
-                    approvers: vec![user("kenneth")],
+                    approvers: vec![user_ref("kenneth")],
                     required_approvals: 1,
                     ..Default::default()
                 }],

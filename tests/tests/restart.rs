@@ -9,26 +9,6 @@ use tenure_proto::activation::v1 as act;
 use tenure_proto::assignments::v1 as asg;
 use tenure_proto::common::v1::{AssignmentType, PrincipalRef, PrincipalType};
 
-async fn set_activation(h: &Harness, role: &str, a: asg::ActivationSettings) {
-    h.settings()
-        .update_role_settings(h.req(
-            ADMIN,
-            asg::UpdateRoleSettingsRequest {
-                role_settings: Some(asg::RoleSettings {
-                    role_id: role.into(),
-                    activation: Some(a),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["activation".into()],
-                }),
-                request_id: String::new(),
-            },
-        ))
-        .await
-        .unwrap();
-}
-
 fn item(role: &str, hours: i64) -> act::ActivateRolesRequest {
     act::ActivateRolesRequest {
         items: vec![act::ActivationItem {
@@ -63,8 +43,7 @@ async fn a_restart_loses_nothing_and_ends_what_ended_while_down() {
         "/",
     )
     .await;
-    set_activation(
-        &h,
+    h.set_activation(
         "exchange-administrator",
         asg::ActivationSettings {
             require_mfa: Some(false),
@@ -72,8 +51,7 @@ async fn a_restart_loses_nothing_and_ends_what_ended_while_down() {
         },
     )
     .await;
-    set_activation(
-        &h,
+    h.set_activation(
         "billing-administrator",
         asg::ActivationSettings {
             require_mfa: Some(false),

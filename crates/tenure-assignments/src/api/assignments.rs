@@ -458,6 +458,26 @@ impl AssignmentsApi {
         Ok(response)
     }
 
+    /// The assignment a change is about, once the caller may change it: it holds
+    /// `tenure/assignments/write` at the assignment's scope, and the assignment is not
+    /// its own (nor its group's).
+    async fn load_for_change(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verb: &str,
+    ) -> ApiResult<AssignmentRow> {
+        let row = self.load(id).await?;
+        self.core
+            .require(caller, "tenure/assignments/write", &row.scope_id)?;
+        if is_self(&self.core, caller, &row.principal_id) {
+            return Err(ApiError::denied(format!(
+                "nobody {verb} their own assignments"
+            )));
+        }
+        Ok(row)
+    }
+
     async fn load(&self, id: &str) -> ApiResult<AssignmentRow> {
         if id.is_empty() {
             return Err(ApiError::invalid("id", "is required"));
@@ -778,12 +798,7 @@ impl AssignmentsApi {
         {
             return Ok(done);
         }
-        let row = self.load(&r.id).await?;
-        self.core
-            .require(caller, "tenure/assignments/write", &row.scope_id)?;
-        if is_self(&self.core, caller, &row.principal_id) {
-            return Err(ApiError::denied("nobody extends their own assignments"));
-        }
+        let row = self.load_for_change(caller, &r.id, "extends").await?;
         let now = self.core.clock.now();
         match store::assignment_status(&row, to_micros(now)) {
             pb::AssignmentStatus::Removed => {
@@ -924,12 +939,7 @@ impl AssignmentsApi {
         {
             return Ok(done);
         }
-        let row = self.load(&r.id).await?;
-        self.core
-            .require(caller, "tenure/assignments/write", &row.scope_id)?;
-        if is_self(&self.core, caller, &row.principal_id) {
-            return Err(ApiError::denied("nobody renews their own assignments"));
-        }
+        let row = self.load_for_change(caller, &r.id, "renews").await?;
         let now = self.core.clock.now();
         match store::assignment_status(&row, to_micros(now)) {
             pb::AssignmentStatus::Removed => {

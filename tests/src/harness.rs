@@ -24,6 +24,7 @@ pub struct Harness {
     pub channel: Channel,
     pub contexts: tenure_server::Contexts,
     issuer: DevIssuer,
+    config: Config,
     stop: tokio_util::sync::CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: TestDb,
@@ -37,6 +38,11 @@ pub fn t0() -> DateTime<Utc> {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the configuration changed by `tune` (for example an SMTP server).
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
         if std::env::var("RUST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
@@ -50,9 +56,10 @@ impl Harness {
             ..Config::default()
         };
         config.auth.bootstrap_principal = Some(ADMIN.to_owned());
+        tune(&mut config);
         let stop = tokio_util::sync::CancellationToken::new();
         let (addr, contexts, task) = tenure_server::spawn(
-            config,
+            config.clone(),
             Arc::new(clock.clone()),
             stop.clone().cancelled_owned(),
         )
@@ -72,6 +79,7 @@ impl Harness {
             channel,
             contexts,
             issuer,
+            config,
             stop,
             task: Some(task),
             _db: db,
@@ -322,6 +330,55 @@ impl Harness {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         panic!("no {type_name} event after {after}");
+    }
+
+    /// Stops the server and starts it again on the same database, data directory and
+    /// clock (a new port): what a restart of every context would do.
+    pub async fn restart(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (addr, contexts, task) = tenure_server::spawn(
+            self.config.clone(),
+            Arc::new(self.clock.clone()),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .unwrap();
+        self.channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        self.addr = addr;
+        self.contexts = contexts;
+        self.stop = stop;
+        self.task = Some(task);
+    }
+
+    pub fn notifications(
+        &self,
+    ) -> tenure_proto::notifications::v1::notifications_service_client::NotificationsServiceClient<Channel>
+    {
+        tenure_proto::notifications::v1::notifications_service_client::NotificationsServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+    pub fn alerts(
+        &self,
+    ) -> tenure_proto::notifications::v1::alerts_service_client::AlertsServiceClient<Channel> {
+        tenure_proto::notifications::v1::alerts_service_client::AlertsServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+    pub fn audit(
+        &self,
+    ) -> tenure_proto::notifications::v1::audit_service_client::AuditServiceClient<Channel> {
+        tenure_proto::notifications::v1::audit_service_client::AuditServiceClient::new(
+            self.channel.clone(),
+        )
     }
 
     pub async fn stop(mut self) {

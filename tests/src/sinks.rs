@@ -30,12 +30,13 @@ impl Mail {
         let b = s.as_bytes();
         let mut i = 0;
         while i < b.len() {
-            if b[i] == b'=' && i + 2 < b.len() {
-                if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    out.push(char::from(v));
-                    i += 3;
-                    continue;
-                }
+            if b[i] == b'='
+                && i + 2 < b.len()
+                && let Ok(v) = u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or("zz"), 16)
+            {
+                out.push(char::from(v));
+                i += 3;
+                continue;
             }
             out.push(char::from(b[i]));
             i += 1;

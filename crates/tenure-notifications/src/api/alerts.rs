@@ -46,7 +46,7 @@ impl AlertsApi {
         for (i, s) in r.statuses.iter().enumerate() {
             match pb::AlertStatus::try_from(*s) {
                 Ok(pb::AlertStatus::Unspecified) | Ok(pb::AlertStatus::Active) => {
-                    statuses.push(pb::AlertStatus::Active as i64)
+                    statuses.push(pb::AlertStatus::Active as i64);
                 }
                 Ok(s) => statuses.push(s as i64),
                 Err(_) => {

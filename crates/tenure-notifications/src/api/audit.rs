@@ -58,8 +58,8 @@ impl Where {
 
 fn build_filter(f: &pb::AuditFilter, me: &str) -> ApiResult<Where> {
     let mut v = tenure_platform::error::Violations::new();
-    let start = f.start_time.as_ref().map(|t| from_proto(t));
-    let end = f.end_time.as_ref().map(|t| from_proto(t));
+    let start = f.start_time.as_ref().map(from_proto);
+    let end = f.end_time.as_ref().map(from_proto);
     v.check(
         matches!(start, Some(None)),
         "filter.start_time",

@@ -49,10 +49,10 @@ fn event_kinds(list: &[i32], field: &str, v: &mut Violations) {
 
 fn check_webhook(w: &pb::Webhook, paths: Option<&[String]>, v: &mut Violations) {
     let has = |p: &str| paths.is_none_or(|ps| ps.iter().any(|x| x == p));
-    if has("url") {
-        if let Err(why) = rules::check_webhook_url(&w.url) {
-            v.add("webhook.url", why);
-        }
+    if has("url")
+        && let Err(why) = rules::check_webhook_url(&w.url)
+    {
+        v.add("webhook.url", why);
     }
     if has("secret") && !w.secret.is_empty() {
         v.check(

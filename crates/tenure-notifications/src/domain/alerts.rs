@@ -750,7 +750,7 @@ mod tests {
             ));
         }
         assert_eq!(evaluate(&s, &w).len(), 4, "4 > 3 and 100% > 10%");
-        let mut s2 = s.clone();
+        let mut s2 = s;
         s2.thresholds = Some(T::TooManyGlobalAdministrators(
             pb::TooManyGlobalAdministratorsThresholds {
                 max_count: 4,

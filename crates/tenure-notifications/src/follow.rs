@@ -294,14 +294,6 @@ impl EventHandler<pb::Event, pb::Event> for FromSelf {
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
             let meta = event.meta.clone().unwrap_or_default();
-            // Deliveries are bookkeeping of notifications already in the trail; the
-            // trail records their failures, not every success.
-            if matches!(
-                event.payload,
-                Some(pb::event::Payload::NotificationDelivered(_))
-            ) {
-                return Ok(());
-            }
             self.0
                 .audit(uow.tx(), &meta, audit::notifications_facts(event))
                 .await

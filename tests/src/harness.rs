@@ -38,6 +38,11 @@ pub fn t0() -> DateTime<Utc> {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the configuration changed by `tune` (for example an SMTP server).
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> Self {
         if std::env::var("RUST_LOG").is_ok() {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
@@ -51,10 +56,11 @@ impl Harness {
             ..Config::default()
         };
         config.auth.bootstrap_principal = Some(ADMIN.to_owned());
+        tune(&mut config);
         let stop = tokio_util::sync::CancellationToken::new();
         let kept = config.clone();
         let (addr, contexts, task) = tenure_server::spawn(
-            config,
+            config.clone(),
             Arc::new(clock.clone()),
             stop.clone().cancelled_owned(),
         )
@@ -372,6 +378,29 @@ impl Harness {
             ))
             .await
             .unwrap();
+    }
+
+    pub fn notifications(
+        &self,
+    ) -> tenure_proto::notifications::v1::notifications_service_client::NotificationsServiceClient<Channel>
+    {
+        tenure_proto::notifications::v1::notifications_service_client::NotificationsServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+    pub fn alerts(
+        &self,
+    ) -> tenure_proto::notifications::v1::alerts_service_client::AlertsServiceClient<Channel> {
+        tenure_proto::notifications::v1::alerts_service_client::AlertsServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+    pub fn audit(
+        &self,
+    ) -> tenure_proto::notifications::v1::audit_service_client::AuditServiceClient<Channel> {
+        tenure_proto::notifications::v1::audit_service_client::AuditServiceClient::new(
+            self.channel.clone(),
+        )
     }
 
     pub async fn stop(mut self) {

@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod harness;
+pub mod sinks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

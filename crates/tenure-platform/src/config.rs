@@ -36,6 +36,69 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Limits that protect the server.
     pub limits: Limits,
+    /// The notifications context: e-mail, links, alert rescans.
+    pub notifications: NotificationsConfig,
+}
+
+/// How the notifications context sends e-mail, links to Tenure and rescans alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// The base URL of links to act in e-mails (approve, review), for example
+    /// "https://tenure.contoso.example"; empty leaves links out. The API's
+    /// `EmailSettings.link_base_url` overrides it once set.
+    pub link_base_url: String,
+    /// How often every alert kind is re-evaluated, seconds (besides evaluation as
+    /// events arrive). At least 60.
+    pub alert_rescan_interval_secs: u64,
+    /// The SMTP server; e-mail is off while `smtp.host` is unset.
+    pub smtp: SmtpConfig,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        Self {
+            link_base_url: String::new(),
+            alert_rescan_interval_secs: 3600,
+            smtp: SmtpConfig::default(),
+        }
+    }
+}
+
+/// The SMTP server e-mails are sent through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// The server's host name; unset turns e-mail off.
+    pub host: Option<String>,
+    /// The port (587 for STARTTLS, 465 for implicit TLS, 25 without TLS).
+    pub port: u16,
+    /// "starttls" (default), "tls" (implicit TLS) or "none" (plain, for local relays
+    /// and tests only).
+    pub tls: String,
+    /// The user name to authenticate with; unset sends without authentication.
+    pub username: Option<String>,
+    /// A file holding the password (read at start).
+    pub password_file: Option<PathBuf>,
+    /// The From address of e-mails (the API's `EmailSettings.from_address` overrides
+    /// it once set).
+    pub from_address: String,
+    /// How long one SMTP conversation may take, seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: 587,
+            tls: "starttls".into(),
+            username: None,
+            password_file: None,
+            from_address: "tenure@localhost.localdomain".into(),
+            timeout_secs: 10,
+        }
+    }
 }
 
 /// Addresses of other contexts (`http://host:port`) for a split deployment.
@@ -186,6 +249,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -201,6 +265,7 @@ const SERVER_KEYS: &[&str] = &[
     "telemetry",
     "auth",
     "limits",
+    "notifications",
 ];
 
 /// `TENURE_*` variables that belong to other tools (tenurectl, the test suite, the
@@ -350,6 +415,29 @@ impl Config {
             l.request_timeout_ms >= 100,
             "limits.request_timeout_ms must be at least 100"
         );
+        let n = &self.notifications;
+        anyhow::ensure!(
+            n.alert_rescan_interval_secs >= 60,
+            "notifications.alert_rescan_interval_secs must be at least 60"
+        );
+        anyhow::ensure!(
+            n.link_base_url.is_empty()
+                || n.link_base_url.starts_with("http://")
+                || n.link_base_url.starts_with("https://"),
+            "notifications.link_base_url must be an http:// or https:// address"
+        );
+        anyhow::ensure!(
+            matches!(n.smtp.tls.as_str(), "starttls" | "tls" | "none"),
+            "notifications.smtp.tls must be \"starttls\", \"tls\" or \"none\""
+        );
+        anyhow::ensure!(
+            n.smtp.from_address.contains('@'),
+            "notifications.smtp.from_address must be an e-mail address"
+        );
+        anyhow::ensure!(
+            (1..=300).contains(&n.smtp.timeout_secs),
+            "notifications.smtp.timeout_secs must be 1 to 300"
+        );
         Ok(())
     }
 
@@ -437,6 +525,18 @@ mod tests {
             Config::from_toml("contexts = \"activation\"\n").is_err(),
             "peers missing"
         );
+    }
+
+    #[test]
+    fn notification_settings_are_checked() {
+        assert!(Config::from_toml("[notifications]\nalert_rescan_interval_secs = 5\n").is_err());
+        assert!(Config::from_toml("[notifications.smtp]\ntls = \"ssl\"\n").is_err());
+        assert!(Config::from_toml("[notifications]\nlink_base_url = \"ftp://x\"\n").is_err());
+        let c = Config::from_toml(
+            "[notifications.smtp]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.notifications.smtp.port, 2525);
     }
 
     #[test]

@@ -170,8 +170,21 @@ impl App {
                 Some(tenure_reviews::ReviewsContext::open(db.clone(), clock.clone()).await?);
         }
         if served.contains(&"notifications") {
+            let peers = tenure_notifications::Peers {
+                assignments: peer("assignments", &config.peers.assignments)?,
+                activation: peer("activation", &config.peers.activation)?,
+                reviews: peer("reviews", &config.peers.reviews)?,
+            };
             contexts.notifications = Some(
-                tenure_notifications::NotificationsContext::open(db.clone(), clock.clone()).await?,
+                tenure_notifications::NotificationsContext::open(
+                    db.clone(),
+                    clock.clone(),
+                    peers,
+                    service_token.clone(),
+                    config.notifications.clone(),
+                    &background,
+                )
+                .await?,
             );
         }
         Ok(Self {
@@ -219,7 +232,6 @@ impl App {
         }
         if let Some(c) = &self.contexts.notifications {
             c.register(&mut registry);
-            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }

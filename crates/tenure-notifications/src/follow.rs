@@ -1,0 +1,302 @@
+//! The consumers of the other contexts' streams (and of this context's own, for the
+//! audit trail). Each event is handled in the unit of work that also stores the
+//! consumer's cursor: its audit entry, the projections, the alerts it affects and the
+//! notifications it causes commit together, exactly once.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tenure_platform::ApiError;
+use tenure_platform::clock::from_proto;
+use tenure_platform::consumer::EventHandler;
+use tenure_proto::activation::v1 as act;
+use tenure_proto::assignments::v1 as asg;
+use tenure_proto::common::v1 as common;
+use tenure_proto::notifications::v1 as pb;
+use tenure_proto::reviews::v1 as rev;
+
+use crate::domain::audit;
+use crate::engine::{Draft, Engine, Uow};
+use crate::project;
+
+use common::NotificationEventKind as E;
+
+tenure_platform::grpc_event_source!(AssignmentsStream, tenure_proto::assignments::v1);
+tenure_platform::grpc_event_source!(ActivationStream, tenure_proto::activation::v1);
+tenure_platform::grpc_event_source!(ReviewsStream, tenure_proto::reviews::v1);
+
+/// Handles the assignments stream.
+pub struct FromAssignments(pub Arc<Engine>);
+/// Handles the activation stream.
+pub struct FromActivation(pub Arc<Engine>);
+/// Handles the reviews stream.
+pub struct FromReviews(pub Arc<Engine>);
+/// Handles this context's own stream (audit only).
+pub struct FromSelf(pub Arc<Engine>);
+
+async fn break_glass(
+    engine: &Engine,
+    uow: &mut Uow,
+    meta: &common::EventMeta,
+    what: &str,
+) -> Result<bool, ApiError> {
+    let watched = engine.watched(uow.tx()).await?;
+    if !watched.contains(&meta.actor) {
+        return Ok(false);
+    }
+    let at = meta
+        .occurred_at
+        .as_ref()
+        .and_then(from_proto)
+        .unwrap_or_else(|| engine.now());
+    project::record_use(uow.tx(), &meta.actor, at, what).await?;
+    Ok(true)
+}
+
+impl EventHandler<asg::Event, pb::Event> for FromAssignments {
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut Uow,
+        event: &'a asg::Event,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let e = &self.0;
+            let meta = event.meta.clone().unwrap_or_default();
+            e.audit(uow.tx(), &meta, audit::assignments_facts(event))
+                .await?;
+            let changed = project::apply(uow.tx(), event).await?;
+            for a in &changed.windows {
+                e.plan_reminders(uow.tx(), a).await?;
+            }
+            for id in &changed.gone {
+                sqlx::query("DELETE FROM notifications_reminders WHERE assignment_id = $1")
+                    .bind(id)
+                    .execute(&mut **uow.tx())
+                    .await?;
+            }
+            let mut kinds = Engine::kinds_for_assignments(event);
+            let short = meta
+                .r#type
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if break_glass(e, uow, &meta, &short).await? {
+                kinds.push(pb::AlertKind::BreakGlassAccountUsed);
+            }
+            if let Some(asg::event::Payload::PrincipalSynced(x)) = &event.payload
+                && x.changed_fields.iter().any(|f| f == "last_sign_in_time")
+                && let Some(p) = &x.principal
+                && e.watched(uow.tx()).await?.contains(&p.id)
+            {
+                let at = p
+                    .last_sign_in_time
+                    .as_ref()
+                    .and_then(from_proto)
+                    .unwrap_or_else(|| e.now());
+                project::record_use(uow.tx(), &p.id, at, "signed in").await?;
+            }
+            if !kinds.is_empty() {
+                kinds.sort_by_key(|k| *k as i32);
+                kinds.dedup();
+                e.evaluate(uow, &kinds).await?;
+            }
+            if let Some(asg::event::Payload::AssignmentCreated(x)) = &event.payload
+                && let Some(a) = &x.assignment
+            {
+                let eligible = a.assignment_type == common::AssignmentType::Eligible as i32;
+                let (kind, what) = if eligible {
+                    (E::EligibleAssigned, "eligible for")
+                } else {
+                    (E::ActiveAssigned, "assigned")
+                };
+                let who = a.principal.as_ref().map_or("", |p| p.display_name.as_str());
+                let role = a.role.as_ref().map_or("", |r| r.display_name.as_str());
+                let d = Draft {
+                    kind: kind.into(),
+                    critical: false,
+                    title: format!("{who} is {what} {role}"),
+                    summary: format!("{who} was made {what} {role} by {}.", meta.actor),
+                    action_path: format!("/assignments/{}", a.id),
+                    principal: a.principal.clone(),
+                    role: a.role.clone(),
+                    scope: a.scope.clone(),
+                    reference_id: a.id.clone(),
+                    justification: a.justification.clone(),
+                    start: a.start_time,
+                    end: a.end_time,
+                    source: meta.clone(),
+                    ..Draft::default()
+                };
+                e.notify(uow, d).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn request_draft(kind: E, r: &act::Request, meta: &common::EventMeta) -> Draft {
+    Draft {
+        kind: kind.into(),
+        principal: r.requestor.clone(),
+        role: r.role.clone(),
+        scope: r.scope.clone(),
+        reference_id: r.id.clone(),
+        justification: r.justification.clone(),
+        start: r.start_time,
+        end: r.end_time,
+        action_path: format!("/requests/{}", r.id),
+        source: meta.clone(),
+        ..Draft::default()
+    }
+}
+
+fn names(r: &act::Request) -> (String, String) {
+    (
+        r.requestor.as_ref().map_or(String::new(), |p| {
+            if p.display_name.is_empty() {
+                p.id.clone()
+            } else {
+                p.display_name.clone()
+            }
+        }),
+        r.role.as_ref().map_or(String::new(), |p| {
+            if p.display_name.is_empty() {
+                p.id.clone()
+            } else {
+                p.display_name.clone()
+            }
+        }),
+    )
+}
+
+impl EventHandler<act::Event, pb::Event> for FromActivation {
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut Uow,
+        event: &'a act::Event,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            use act::event::Payload as P;
+            let e = &self.0;
+            let meta = event.meta.clone().unwrap_or_default();
+            e.audit(uow.tx(), &meta, audit::activation_facts(event))
+                .await?;
+            let short = meta
+                .r#type
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if break_glass(e, uow, &meta, &short).await? {
+                e.evaluate(uow, &[pb::AlertKind::BreakGlassAccountUsed])
+                    .await?;
+            }
+            let draft = match &event.payload {
+                Some(P::ApprovalRequested(x)) => x.request.as_ref().map(|r| {
+                    let (who, role) = names(r);
+                    Draft {
+                        critical: true,
+                        title: format!("{who} requests approval for {role}"),
+                        summary: format!(
+                            "{who} asks to activate {role}. Approve or deny the request{}.",
+                            x.deadline
+                                .as_ref()
+                                .and_then(from_proto)
+                                .map(|d| format!(" before {}", d.format("%Y-%m-%d %H:%M UTC")))
+                                .unwrap_or_default()
+                        ),
+                        approvers: x.approvers.clone(),
+                        ..request_draft(E::ApprovalNeeded, r, &meta)
+                    }
+                }),
+                Some(P::RequestApproved(x)) if x.request_approved => x.request.as_ref().map(|r| {
+                    let (who, role) = names(r);
+                    Draft {
+                        title: format!("{who}'s request for {role} was approved"),
+                        summary: format!(
+                            "{} approved the request: {}",
+                            x.approver.as_ref().map_or("", |a| a.display_name.as_str()),
+                            x.justification
+                        ),
+                        ..request_draft(E::RequestApproved, r, &meta)
+                    }
+                }),
+                Some(P::RequestDenied(x)) => x.request.as_ref().map(|r| {
+                    let (who, role) = names(r);
+                    Draft {
+                        title: format!("{who}'s request for {role} was denied"),
+                        summary: format!("The request was denied: {}", x.justification),
+                        ..request_draft(E::RequestDenied, r, &meta)
+                    }
+                }),
+                Some(P::RequestTimedOut(x)) => x.request.as_ref().map(|r| {
+                    let (who, role) = names(r);
+                    Draft {
+                        title: format!("{who}'s request for {role} timed out"),
+                        summary: "Nobody decided in time; the request is denied.".into(),
+                        ..request_draft(E::RequestDenied, r, &meta)
+                    }
+                }),
+                Some(P::RequestProvisioned(x)) => x
+                    .request
+                    .as_ref()
+                    .filter(|r| r.action == act::RequestAction::Activate as i32)
+                    .map(|r| {
+                        let (who, role) = names(r);
+                        let mut approvers: Vec<common::PrincipalRef> = Vec::new();
+                        for s in &r.stages {
+                            for a in &s.approvers {
+                                if !approvers.iter().any(|x| x.id == a.id) {
+                                    approvers.push(a.clone());
+                                }
+                            }
+                        }
+                        Draft {
+                            title: format!("{who} activated {role}"),
+                            summary: format!(
+                                "{who} activated {role}; it is in effect until the end below."
+                            ),
+                            approvers,
+                            ..request_draft(E::Activated, r, &meta)
+                        }
+                    }),
+                _ => None,
+            };
+            if let Some(d) = draft {
+                e.notify(uow, d).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl EventHandler<rev::Event, pb::Event> for FromReviews {
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut Uow,
+        event: &'a rev::Event,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let meta = event.meta.clone().unwrap_or_default();
+            self.0
+                .audit(uow.tx(), &meta, audit::reviews_facts(event))
+                .await
+        })
+    }
+}
+
+impl EventHandler<pb::Event, pb::Event> for FromSelf {
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut Uow,
+        event: &'a pb::Event,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let meta = event.meta.clone().unwrap_or_default();
+            self.0
+                .audit(uow.tx(), &meta, audit::notifications_facts(event))
+                .await
+        })
+    }
+}

@@ -1,0 +1,52 @@
+//! The notifications context's timer: one wake-up for the next due instant (a delivery
+//! attempt, an expiry reminder, the alert rescan), re-armed when this context's log
+//! moves (a new notification queued) or when woken; no polling interval. Survives
+//! restarts: due work is in the tables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenure_platform::clock::{from_micros, to_micros};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+
+/// Runs until `stop`.
+pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
+    loop {
+        let head = engine.log.head();
+        if let Err(e) = engine.rescan_if_due().await {
+            tracing::warn!(error = %e, "alert rescan failed; retrying");
+        }
+        if let Err(e) = engine.send_due_reminders().await {
+            tracing::warn!(error = %e, "expiry reminders failed; retrying");
+        }
+        if let Err(e) = engine.deliver_due().await {
+            tracing::warn!(error = %e, "delivery pass failed; retrying");
+        }
+        let next = match engine.next_due().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next notifications timer failed");
+                Some(to_micros(engine.clock.now()) + 1_000_000)
+            }
+        };
+        let woken = engine.timer_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let due = async {
+            match next {
+                Some(d) => engine.clock.sleep_until(from_micros(d)).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = &mut woken => {}
+            () = engine.log.wait_for(head + 1) => {}
+            () = due => {}
+            // a safety net for work another replica scheduled
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}

@@ -251,6 +251,10 @@ impl Engine {
             .as_ref()
             .map(|s| s.scope_id.clone())
             .unwrap_or_default();
+        // An unknown scope is NOT_FOUND (scopes are readable by anybody), not a denial.
+        if self.assignments.scope(&scope).await?.is_none() {
+            return Err(ApiError::not_found("scope", scope));
+        }
         self.require_write(c, &scope).await?;
         self.resolve_refs(&mut d).await?;
         d.id = uuid::Uuid::now_v7().to_string();
@@ -355,8 +359,27 @@ impl Engine {
         })
     }
 
-    /// Changes a definition; later rounds use the new one.
+    /// Changes a definition; later rounds use the new one. A timer that started a
+    /// round meanwhile (without an etag from the caller) is merged over by retrying.
     pub async fn update_definition(
+        &self,
+        c: &Caller,
+        r: pb::UpdateReviewDefinitionRequest,
+    ) -> ApiResult<pb::ReviewDefinition> {
+        let with_etag = r
+            .review_definition
+            .as_ref()
+            .is_some_and(|d| !d.etag.is_empty());
+        let mut attempt = 0;
+        loop {
+            match self.update_once(c, r.clone()).await {
+                Err(ApiError::Aborted(_)) if !with_etag && attempt < 3 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn update_once(
         &self,
         c: &Caller,
         r: pb::UpdateReviewDefinitionRequest,
@@ -407,6 +430,9 @@ impl Engine {
             .map(|s| s.scope_id.clone())
             .unwrap_or_default();
         if new_scope != old_scope {
+            if self.assignments.scope(&new_scope).await?.is_none() {
+                return Err(ApiError::not_found("scope", new_scope));
+            }
             self.require_write(c, &new_scope).await?;
         }
         self.resolve_refs(&mut d).await?;

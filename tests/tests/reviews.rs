@@ -971,3 +971,52 @@ async fn defaults_reminders_manual_apply_already_gone_and_group_members() {
     assert_eq!(t.iter().filter(|x| *x == "ResultApplied").count(), 3);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn racing_timers_start_a_round_once() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let start = t0() + TimeDelta::days(1);
+    let def = create(
+        &h,
+        quarterly("GA", &[GA], "/", vec![named("kenneth")], start),
+    )
+    .await;
+    // Two replicas' timers read the same due definition and both try to start it.
+    let engine = h.contexts.reviews.as_ref().unwrap().engine.clone();
+    let stored = tenure_reviews::store::get_def(&engine.db, &def.id)
+        .await
+        .unwrap()
+        .unwrap();
+    h.clock.set(start);
+    let (a, b) = tokio::join!(
+        engine.start_round(stored.clone()),
+        engine.start_round(stored)
+    );
+    let started: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    // The server's own timer races them too (it wakes on the clock move): whoever
+    // wins, one round starts.
+    assert!(
+        started.len() <= 1,
+        "at most one of the racing calls starts it"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rounds = h
+        .reviews()
+        .list_review_rounds(h.req(
+            ADMIN,
+            rv::ListReviewRoundsRequest {
+                definition_id: def.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(rounds.len(), 1);
+    let t = types(&h.review_events_after(0).await);
+    assert_eq!(t.iter().filter(|x| *x == "RoundStarted").count(), 1);
+    h.stop().await;
+}

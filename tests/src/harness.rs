@@ -403,6 +403,40 @@ impl Harness {
         )
     }
 
+    pub fn reviews(
+        &self,
+    ) -> tenure_proto::reviews::v1::reviews_service_client::ReviewsServiceClient<Channel> {
+        tenure_proto::reviews::v1::reviews_service_client::ReviewsServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+
+    /// Every event of the reviews log after `after`, in order.
+    pub async fn review_events_after(&self, after: i64) -> Vec<tenure_proto::reviews::v1::Event> {
+        self.contexts
+            .reviews
+            .as_ref()
+            .unwrap()
+            .log
+            .read_after(after, 10_000)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the reviews context has taken in every assignments event
+    /// committed so far (its activity tables are then current).
+    pub async fn wait_reviews_caught_up(&self) {
+        let head = self.core().log.head();
+        let reviews = self.contexts.reviews.as_ref().unwrap();
+        for _ in 0..1000 {
+            if reviews.assignments_cursor().await.unwrap() >= head {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the reviews context did not catch up with the assignments stream");
+    }
+
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(t) = self.task.take() {

@@ -166,8 +166,18 @@ impl App {
             );
         }
         if served.contains(&"reviews") {
-            contexts.reviews =
-                Some(tenure_reviews::ReviewsContext::open(db.clone(), clock.clone()).await?);
+            let channel = peer("assignments", &config.peers.assignments)?;
+            contexts.reviews = Some(
+                tenure_reviews::ReviewsContext::open(
+                    db.clone(),
+                    clock.clone(),
+                    channel,
+                    service_token.clone(),
+                    config.auth.service_principals.clone(),
+                    &background,
+                )
+                .await?,
+            );
         }
         if served.contains(&"notifications") {
             let peers = tenure_notifications::Peers {
@@ -226,7 +236,6 @@ impl App {
         }
         if let Some(c) = &self.contexts.reviews {
             c.register(&mut registry);
-            c.log.spawn_tailer(&self.background);
             let log = c.log.clone();
             logs.push(Box::new(move || log.close()));
         }

@@ -1,0 +1,48 @@
+//! The reviews context's timer: one wake-up for the next due instant of any definition
+//! (a round to start) or round (a reminder, a stage end, the end, applying), re-armed
+//! when they change; no polling interval. Survives restarts: due work is in the tables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenure_platform::clock::{from_micros, to_micros};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+
+/// Runs until `stop`.
+pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
+    loop {
+        if let Err(e) = engine.process_due().await {
+            tracing::warn!(error = %e, "reviews timer pass failed; retrying");
+        }
+        let next = match engine.next_due().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the next reviews timer failed");
+                Some(to_micros(engine.clock.now()) + 1_000_000)
+            }
+        };
+        let woken = engine.timer_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match next {
+            Some(due) => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = &mut woken => {}
+                    () = engine.clock.sleep_until(from_micros(due)) => {}
+                    // a safety net for due times another replica moved
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = &mut woken => {}
+                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1022 @@
+//! The access reviews context through the real server, across contexts: a quarterly
+//! review of Global Administrator and of Contributor on a subscription with moved time,
+//! recommendations from real activity, decisions, completion and removal through the
+//! assignments context; then every rule and bad input on its own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tenure_e2e::harness::*;
+use tenure_platform::clock::to_proto;
+use tenure_proto::activation::v1 as act;
+use tenure_proto::assignments::v1 as asg;
+use tenure_proto::common::v1::{AssignmentType, PrincipalRef, PrincipalType, ScopeType};
+use tenure_proto::reviews::v1 as rv;
+use tonic::Code;
+
+const GA: &str = "global-administrator";
+const CONTRIBUTOR: &str = "contributor";
+const SUB: &str = "/subscriptions/prod";
+
+fn user(id: &str) -> PrincipalRef {
+    PrincipalRef {
+        id: id.into(),
+        r#type: PrincipalType::User.into(),
+        ..Default::default()
+    }
+}
+
+fn named(id: &str) -> rv::Reviewer {
+    rv::Reviewer {
+        kind: rv::ReviewerKind::Principal.into(),
+        principal: Some(user(id)),
+        ..Default::default()
+    }
+}
+
+fn self_review() -> rv::Reviewer {
+    rv::Reviewer {
+        kind: rv::ReviewerKind::Self_.into(),
+        ..Default::default()
+    }
+}
+
+/// A quarterly definition of `roles` at `scope`, reviewed by `reviewers`, starting at
+/// `start`, 14 days long.
+fn quarterly(
+    name: &str,
+    roles: &[&str],
+    scope: &str,
+    reviewers: Vec<rv::Reviewer>,
+    start: DateTime<Utc>,
+) -> rv::ReviewDefinition {
+    rv::ReviewDefinition {
+        display_name: name.into(),
+        scope: Some(rv::ReviewScope {
+            role_ids: roles.iter().map(|r| (*r).to_owned()).collect(),
+            scope_id: scope.into(),
+            ..Default::default()
+        }),
+        stages: vec![rv::ReviewStage {
+            reviewers,
+            ..Default::default()
+        }],
+        schedule: Some(rv::ReviewSchedule {
+            recurrence: rv::Recurrence::Quarterly.into(),
+            duration_days: 14,
+            start_time: Some(to_proto(start)),
+            ..Default::default()
+        }),
+        settings: Some(rv::ReviewSettings {
+            auto_apply: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create(h: &Harness, d: rv::ReviewDefinition) -> rv::ReviewDefinition {
+    h.reviews()
+        .create_review_definition(h.req(
+            ADMIN,
+            rv::CreateReviewDefinitionRequest {
+                review_definition: Some(d),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .review_definition
+        .unwrap()
+}
+
+/// Reports a sign-in for `id` at `at` through the sync API.
+async fn signed_in(h: &Harness, id: &str, at: DateTime<Utc>) {
+    h.principals()
+        .upsert_principals(h.req(
+            ADMIN,
+            asg::UpsertPrincipalsRequest {
+                principals: vec![asg::Principal {
+                    id: id.into(),
+                    r#type: PrincipalType::User.into(),
+                    display_name: format!("Principal {id}"),
+                    user_principal_name: format!("{id}@example.test"),
+                    last_sign_in_time: Some(to_proto(at)),
+                    ..Default::default()
+                }],
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+}
+
+/// Activates `role` at "/" as `who` (MFA, justification) and returns the request id.
+async fn activate(h: &Harness, who: &str, role: &str) -> String {
+    let resp = h
+        .activation()
+        .activate_roles(h.req_mfa(
+            who,
+            act::ActivateRolesRequest {
+                items: vec![act::ActivationItem {
+                    role_id: role.into(),
+                    scope_id: "/".into(),
+                    justification: "incident".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    resp.results[0].request.as_ref().unwrap().id.clone()
+}
+
+/// Waits (bounded) until `definition` has a round in `status`, and returns it.
+async fn wait_round(h: &Harness, definition: &str, status: rv::RoundStatus) -> rv::ReviewRound {
+    for _ in 0..500 {
+        let rounds = h
+            .reviews()
+            .list_review_rounds(h.req(
+                ADMIN,
+                rv::ListReviewRoundsRequest {
+                    definition_id: definition.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .rounds;
+        if let Some(r) = rounds.into_iter().find(|r| r.status() == status) {
+            return r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no {status:?} round of {definition}");
+}
+
+async fn items(h: &Harness, who: &str, round: &str) -> Vec<rv::DecisionItem> {
+    h.reviews()
+        .list_decision_items(h.req(
+            who,
+            rv::ListDecisionItemsRequest {
+                round_id: round.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+fn item_of<'a>(items: &'a [rv::DecisionItem], principal: &str) -> &'a rv::DecisionItem {
+    items
+        .iter()
+        .find(|i| i.principal.as_ref().unwrap().id == principal)
+        .unwrap_or_else(|| panic!("no item about {principal}"))
+}
+
+async fn decide(
+    h: &Harness,
+    who: &str,
+    item: &str,
+    d: rv::ReviewDecision,
+    why: &str,
+) -> Result<rv::DecisionItem, tonic::Status> {
+    h.reviews()
+        .record_decision(h.req(
+            who,
+            rv::RecordDecisionRequest {
+                item_id: item.into(),
+                decision: d.into(),
+                justification: why.into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().item.unwrap())
+}
+
+fn types(events: &[rv::Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            e.meta
+                .as_ref()
+                .unwrap()
+                .r#type
+                .rsplit('.')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn status_of(h: &Harness, assignment: &str) -> asg::AssignmentStatus {
+    h.assignments()
+        .get_assignment(h.req(
+            ADMIN,
+            asg::GetAssignmentRequest {
+                id: assignment.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_quarterly_review_of_global_administrator_and_contributor_on_a_subscription() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry", "gus", "carol", "dave"])
+        .await;
+    h.seed_scope(SUB, "/", ScopeType::Subscription).await;
+    let ferry = h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let gus = h.assign(AssignmentType::Eligible, "gus", GA, "/").await;
+    let carol = h
+        .assign(AssignmentType::Active, "carol", CONTRIBUTOR, SUB)
+        .await;
+    let dave = h
+        .assign(AssignmentType::Eligible, "dave", CONTRIBUTOR, SUB)
+        .await;
+
+    // Real activity: Ferry activates Global Administrator twice; Carol signs in.
+    let first = activate(&h, "ferry", GA).await;
+    h.activation()
+        .deactivate_role(h.req(
+            "ferry",
+            act::DeactivateRoleRequest {
+                activation_request_id: first,
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    activate(&h, "ferry", GA).await;
+    signed_in(&h, "carol", t0()).await;
+    h.wait_reviews_caught_up().await;
+
+    // Two quarterly reviews by Kenneth, starting tomorrow.
+    let start = t0() + TimeDelta::days(1);
+    let ga_def = create(
+        &h,
+        quarterly(
+            "Quarterly GA review",
+            &[GA],
+            "/",
+            vec![named("kenneth")],
+            start,
+        ),
+    )
+    .await;
+    let c_def = create(
+        &h,
+        quarterly(
+            "Quarterly Contributor on prod",
+            &[CONTRIBUTOR],
+            SUB,
+            vec![named("kenneth")],
+            start,
+        ),
+    )
+    .await;
+    assert_eq!(ga_def.next_round_time, Some(to_proto(start)));
+    assert_eq!(ga_def.schedule.as_ref().unwrap().duration_days, 14);
+
+    // Nothing starts before its time; at the start, a round each.
+    let rounds = h
+        .reviews()
+        .list_review_rounds(h.req(ADMIN, rv::ListReviewRoundsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert!(rounds.is_empty());
+    h.clock.set(start);
+    let ga_round = wait_round(&h, &ga_def.id, rv::RoundStatus::InProgress).await;
+    let c_round = wait_round(&h, &c_def.id, rv::RoundStatus::InProgress).await;
+    assert_eq!(ga_round.round_number, 1);
+    assert_eq!(ga_round.progress.as_ref().unwrap().total, 2);
+    assert_eq!(
+        ga_round.end_time,
+        Some(to_proto(start + TimeDelta::days(14)))
+    );
+    let def = h
+        .reviews()
+        .get_review_definition(h.req(
+            ADMIN,
+            rv::GetReviewDefinitionRequest {
+                id: ga_def.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .review_definition
+        .unwrap();
+    assert_eq!(def.rounds_started, 1);
+    assert_eq!(
+        def.next_round_time,
+        Some(to_proto(
+            start.checked_add_months(chrono::Months::new(3)).unwrap()
+        ))
+    );
+
+    // Recommendations reflect real activity.
+    let ga_items = items(&h, ADMIN, &ga_round.id).await;
+    let f = item_of(&ga_items, "ferry");
+    assert_eq!(f.recommendation(), rv::Recommendation::Approve);
+    assert_eq!(f.recommendation_reason, "activated 2 times in 30 days");
+    assert_eq!(f.activity.as_ref().unwrap().activation_count, 2);
+    assert_eq!(f.assignment_id, ferry.id);
+    let g = item_of(&ga_items, "gus");
+    assert_eq!(g.recommendation(), rv::Recommendation::Deny);
+    assert_eq!(g.recommendation_reason, "no activation in 30 days");
+    let c_items = items(&h, ADMIN, &c_round.id).await;
+    let c = item_of(&c_items, "carol");
+    assert_eq!(c.recommendation(), rv::Recommendation::Approve);
+    assert_eq!(c.recommendation_reason, "signed in within 30 days");
+    assert_eq!(c.scope.as_ref().unwrap().id, SUB);
+    assert_eq!(c.assignment_type(), AssignmentType::Active);
+    let d = item_of(&c_items, "dave");
+    assert_eq!(d.recommendation(), rv::Recommendation::Deny);
+    assert_eq!(d.reviewers, vec![c.reviewers[0].clone()]);
+    assert_eq!(d.reviewers[0].id, "kenneth");
+
+    // Both wait for Kenneth.
+    let pending = h
+        .reviews()
+        .list_my_pending_reviews(h.req("kenneth", rv::ListMyPendingReviewsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .reviews;
+    assert_eq!(pending.len(), 2);
+    assert!(pending.iter().all(|p| p.pending_items == 2));
+
+    // Kenneth approves Ferry and denies Gus; changes his mind once; takes the
+    // recommendations on the Contributor review.
+    decide(&h, "kenneth", &g.id, rv::ReviewDecision::Approve, "")
+        .await
+        .unwrap();
+    let changed = decide(&h, "kenneth", &g.id, rv::ReviewDecision::Deny, "never used")
+        .await
+        .unwrap();
+    assert_eq!(changed.history.len(), 2);
+    decide(&h, "kenneth", &f.id, rv::ReviewDecision::Approve, "on call")
+        .await
+        .unwrap();
+    let accepted = h
+        .reviews()
+        .accept_recommendations(h.req(
+            "kenneth",
+            rv::AcceptRecommendationsRequest {
+                round_id: c_round.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.decided_count, 2);
+    let progress = h
+        .reviews()
+        .get_review_round(h.req(
+            "kenneth",
+            rv::GetReviewRoundRequest {
+                id: ga_round.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .round
+        .unwrap()
+        .progress
+        .unwrap();
+    assert_eq!((progress.decided, progress.total), (2, 2));
+    assert_eq!((progress.approved, progress.denied), (1, 1));
+
+    // The rounds end; the denied assignments are removed through the assignments
+    // context, the approved ones stay.
+    let assignments_before = h.core().log.head();
+    h.clock.set(start + TimeDelta::days(14));
+    let done = wait_round(&h, &ga_def.id, rv::RoundStatus::Applied).await;
+    wait_round(&h, &c_def.id, rv::RoundStatus::Applied).await;
+    assert_eq!(done.progress.as_ref().unwrap().applied, 2);
+    assert_eq!(status_of(&h, &gus.id).await, asg::AssignmentStatus::Removed);
+    assert_eq!(
+        status_of(&h, &dave.id).await,
+        asg::AssignmentStatus::Removed
+    );
+    assert_eq!(
+        status_of(&h, &ferry.id).await,
+        asg::AssignmentStatus::InEffect
+    );
+    assert_eq!(
+        status_of(&h, &carol.id).await,
+        asg::AssignmentStatus::InEffect
+    );
+    let removed = h.wait_event(assignments_before, "AssignmentRemoved").await;
+    match removed.payload {
+        Some(asg::event::Payload::AssignmentRemoved(r)) => {
+            assert_eq!(r.reason(), asg::RemovalReason::AccessReview);
+            assert!(r.source_reference.contains('/'));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let ga_items = items(&h, ADMIN, &ga_round.id).await;
+    assert_eq!(
+        item_of(&ga_items, "gus")
+            .apply_result
+            .as_ref()
+            .unwrap()
+            .status(),
+        rv::ApplyStatus::Applied
+    );
+    assert_eq!(
+        item_of(&ga_items, "ferry")
+            .apply_result
+            .as_ref()
+            .unwrap()
+            .status(),
+        rv::ApplyStatus::NotNeeded
+    );
+
+    // Every step is on the reviews stream.
+    let events = h.review_events_after(0).await;
+    let t = types(&events);
+    let count = |name: &str| t.iter().filter(|x| *x == name).count();
+    assert_eq!(count("DefinitionCreated"), 2, "{t:?}");
+    assert_eq!(count("RoundStarted"), 2, "{t:?}");
+    assert_eq!(count("DecisionRecorded"), 5, "{t:?}");
+    assert_eq!(count("RoundCompleted"), 2, "{t:?}");
+    assert_eq!(count("ResultApplied"), 2, "{t:?}");
+    let started = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Some(rv::event::Payload::RoundStarted(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(started.reviewers[0].id, "kenneth");
+    // Gus's history shows the decision.
+    let history = h
+        .reviews()
+        .list_decision_history(h.req(
+            ADMIN,
+            rv::ListDecisionHistoryRequest {
+                principal_id: "gus".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].decision(), rv::ReviewDecision::Deny);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_definitions_are_refused_naming_the_field() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "reader"]).await;
+    h.seed_scope(SUB, "/", ScopeType::Subscription).await;
+    let ok = || quarterly("R", &[GA], "/", vec![named("kenneth")], t0());
+    let try_create = |d: rv::ReviewDefinition, who: &'static str| {
+        let h = &h;
+        async move {
+            h.reviews()
+                .create_review_definition(h.req(
+                    who,
+                    rv::CreateReviewDefinitionRequest {
+                        review_definition: Some(d),
+                        request_id: String::new(),
+                    },
+                ))
+                .await
+        }
+    };
+    // Unknown role, scope, reviewer, fallback reviewer: NOT_FOUND.
+    let mut d = ok();
+    d.scope.as_mut().unwrap().role_ids = vec!["no-such-role".into()];
+    assert_status(try_create(d, ADMIN).await, Code::NotFound, "no-such-role");
+    let mut d = quarterly(
+        "R",
+        &[CONTRIBUTOR],
+        "/subscriptions/nope",
+        vec![named("kenneth")],
+        t0(),
+    );
+    d.scope.as_mut().unwrap().scope_id = "/subscriptions/nope".into();
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::NotFound,
+        "/subscriptions/nope",
+    );
+    let d = quarterly("R", &[GA], "/", vec![named("nobody")], t0());
+    assert_status(try_create(d, ADMIN).await, Code::NotFound, "nobody");
+    let mut d = ok();
+    d.fallback_reviewers = vec![user("ghost")];
+    assert_status(try_create(d, ADMIN).await, Code::NotFound, "ghost");
+    // Duration not shorter than the period.
+    let mut d = ok();
+    d.schedule.as_mut().unwrap().duration_days = 90;
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "schedule.duration_days",
+    );
+    // An empty reviewer set without fallback; a self-review without fallback.
+    let mut d = ok();
+    d.stages[0].reviewers.clear();
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "stages[0].reviewers",
+    );
+    let d = quarterly("R", &[GA], "/", vec![self_review()], t0());
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "fallback_reviewers",
+    );
+    // A directory role below the root.
+    let d = quarterly("R", &[GA], SUB, vec![named("kenneth")], t0());
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "directory role",
+    );
+    // Look-back and inactive days out of range, no roles, four stages.
+    let mut d = ok();
+    d.settings.as_mut().unwrap().recommendation_look_back_days = 731;
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "recommendation_look_back_days",
+    );
+    let mut d = ok();
+    d.scope.as_mut().unwrap().inactive_days = -1;
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "inactive_days",
+    );
+    let mut d = ok();
+    d.scope.as_mut().unwrap().role_ids.clear();
+    assert_status(
+        try_create(d, ADMIN).await,
+        Code::InvalidArgument,
+        "scope.role_ids",
+    );
+    let mut d = ok();
+    d.stages = vec![d.stages[0].clone(); 4];
+    assert_status(try_create(d, ADMIN).await, Code::InvalidArgument, "stages");
+    // Somebody without Privileged Role Administrator.
+    assert_status(
+        try_create(ok(), "reader").await,
+        Code::PermissionDenied,
+        "Privileged Role Administrator",
+    );
+    // Reading: unknown definition, bad page token.
+    assert_status(
+        h.reviews()
+            .get_review_definition(
+                h.req(ADMIN, rv::GetReviewDefinitionRequest { id: "nope".into() }),
+            )
+            .await,
+        Code::NotFound,
+        "",
+    );
+    assert_status(
+        h.reviews()
+            .list_review_definitions(h.req(
+                ADMIN,
+                rv::ListReviewDefinitionsRequest {
+                    page_token: "x".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    // A valid one, created once per request id; then updated with a stale etag.
+    let req = rv::CreateReviewDefinitionRequest {
+        review_definition: Some(ok()),
+        request_id: "create-1".into(),
+    };
+    let a = h
+        .reviews()
+        .create_review_definition(h.req(ADMIN, req.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = h
+        .reviews()
+        .create_review_definition(h.req(ADMIN, req))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a, b);
+    let mut upd = a.review_definition.clone().unwrap();
+    upd.display_name = "Renamed".into();
+    upd.etag = "999".into();
+    assert_status(
+        h.reviews()
+            .update_review_definition(h.req(
+                ADMIN,
+                rv::UpdateReviewDefinitionRequest {
+                    review_definition: Some(upd.clone()),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["display_name".into()],
+                    }),
+                    request_id: String::new(),
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "etag",
+    );
+    upd.etag.clear();
+    let renamed = h
+        .reviews()
+        .update_review_definition(h.req(
+            ADMIN,
+            rv::UpdateReviewDefinitionRequest {
+                review_definition: Some(upd),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .review_definition
+        .unwrap();
+    assert_eq!(renamed.display_name, "Renamed");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn deciding_rules_own_access_non_reviewers_closed_rounds_and_self_review() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry", "gus", "outsider"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    h.assign(AssignmentType::Eligible, "kenneth", GA, "/").await;
+    // Kenneth and Ferry review Global Administrator: neither decides their own item.
+    let mut d = quarterly(
+        "GA",
+        &[GA],
+        "/",
+        vec![named("kenneth"), named("ferry")],
+        t0(),
+    );
+    d.settings
+        .as_mut()
+        .unwrap()
+        .require_justification_on_approve = true;
+    d.settings.as_mut().unwrap().auto_apply = false;
+    let def = create(&h, d).await;
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let all = items(&h, ADMIN, &round.id).await;
+    let k = item_of(&all, "kenneth");
+    let f = item_of(&all, "ferry");
+    assert_eq!(
+        k.reviewers
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["ferry"]
+    );
+    assert_status(
+        decide(&h, "kenneth", &k.id, rv::ReviewDecision::Approve, "mine").await,
+        Code::PermissionDenied,
+        "own access",
+    );
+    assert_status(
+        decide(&h, "outsider", &f.id, rv::ReviewDecision::Deny, "").await,
+        Code::PermissionDenied,
+        "not a reviewer",
+    );
+    assert_status(
+        decide(&h, "kenneth", &f.id, rv::ReviewDecision::NotReviewed, "").await,
+        Code::InvalidArgument,
+        "decision",
+    );
+    assert_status(
+        decide(&h, "kenneth", &f.id, rv::ReviewDecision::Approve, " ").await,
+        Code::InvalidArgument,
+        "justification",
+    );
+    assert_status(
+        decide(&h, "kenneth", "no-such-item", rv::ReviewDecision::Deny, "").await,
+        Code::NotFound,
+        "",
+    );
+    // The outsider sees nothing of the round.
+    assert_status(
+        h.reviews()
+            .list_decision_items(h.req(
+                "outsider",
+                rv::ListDecisionItemsRequest {
+                    round_id: round.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+        "",
+    );
+    // A reviewer sees only the items they review.
+    let mine = items(&h, "kenneth", &round.id).await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].id, f.id);
+    decide(&h, "ferry", &k.id, rv::ReviewDecision::DontKnow, "")
+        .await
+        .unwrap();
+    // Deleting needs the round stopped first; stopping needs PRA.
+    assert_status(
+        h.reviews()
+            .delete_review_definition(h.req(
+                ADMIN,
+                rv::DeleteReviewDefinitionRequest {
+                    id: def.id.clone(),
+                    request_id: String::new(),
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "stop it first",
+    );
+    assert_status(
+        h.reviews()
+            .stop_review_round(h.req(
+                "kenneth",
+                rv::StopReviewRoundRequest {
+                    id: round.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        h.reviews()
+            .apply_review_results(h.req(
+                ADMIN,
+                rv::ApplyReviewResultsRequest {
+                    id: round.id.clone(),
+                    request_id: String::new(),
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "in progress",
+    );
+    let stopped = h
+        .reviews()
+        .stop_review_round(h.req(
+            ADMIN,
+            rv::StopReviewRoundRequest {
+                id: round.id.clone(),
+                reason: "audit moved".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .round
+        .unwrap();
+    assert!(stopped.stopped_early);
+    assert_eq!(stopped.status(), rv::RoundStatus::Completed);
+    // Decisions are final once the round ended.
+    assert_status(
+        decide(&h, "kenneth", &f.id, rv::ReviewDecision::Deny, "late").await,
+        Code::FailedPrecondition,
+        "not in progress",
+    );
+    h.reviews()
+        .delete_review_definition(h.req(
+            ADMIN,
+            rv::DeleteReviewDefinitionRequest {
+                id: def.id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    // Self-review: each holder decides on their own access.
+    let mut d = quarterly("Self", &[GA], "/", vec![self_review()], t0());
+    d.fallback_reviewers = vec![user("gus")];
+    let def = create(&h, d).await;
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let all = items(&h, ADMIN, &round.id).await;
+    let f = item_of(&all, "ferry");
+    assert_eq!(f.reviewers[0].id, "ferry");
+    decide(
+        &h,
+        "ferry",
+        &f.id,
+        rv::ReviewDecision::Approve,
+        "still on call",
+    )
+    .await
+    .unwrap();
+    let own = items(&h, "ferry", &round.id).await;
+    assert_eq!(own.len(), 1);
+    assert_status(
+        decide(&h, "kenneth", &f.id, rv::ReviewDecision::Deny, "").await,
+        Code::PermissionDenied,
+        "",
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn defaults_reminders_manual_apply_already_gone_and_group_members() {
+    let h = Harness::start().await;
+    h.seed_principals(&[
+        ("kenneth", PrincipalType::User),
+        ("ferry", PrincipalType::User),
+        ("gus", PrincipalType::User),
+        ("ops", PrincipalType::Group),
+    ])
+    .await;
+    h.seed_membership("ops", "ferry").await;
+    h.seed_membership("ops", "kenneth").await;
+    let gus = h.assign(AssignmentType::Eligible, "gus", GA, "/").await;
+    h.assign(AssignmentType::Eligible, "ops", GA, "/").await;
+    // Default REMOVE, no auto-apply, reminders 3 days before the end; the group's
+    // members reviewed one by one; Kenneth reviews (but not his own membership).
+    let mut d = quarterly("GA", &[GA], "/", vec![named("kenneth")], t0());
+    d.scope.as_mut().unwrap().expand_groups = true;
+    d.fallback_reviewers = vec![user("gus")];
+    let s = d.settings.as_mut().unwrap();
+    s.default_decision = rv::DefaultDecision::Remove.into();
+    s.auto_apply = false;
+    let def = create(&h, d).await;
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let all = items(&h, ADMIN, &round.id).await;
+    assert_eq!(all.len(), 3);
+    let k = item_of(&all, "kenneth");
+    assert_eq!(k.via_group.as_ref().unwrap().id, "ops");
+    assert_eq!(
+        k.reviewers[0].id, "gus",
+        "Kenneth never reviews himself: the fallback does"
+    );
+    let f = item_of(&all, "ferry");
+    decide(
+        &h,
+        "kenneth",
+        &f.id,
+        rv::ReviewDecision::Deny,
+        "left the team",
+    )
+    .await
+    .unwrap();
+
+    // Three days before the end, the reviewers with undecided items are reminded.
+    let before = h.review_events_after(0).await.len() as i64;
+    h.clock.set(t0() + TimeDelta::days(11));
+    let mut reminded = None;
+    for _ in 0..500 {
+        let ev = h.review_events_after(before).await;
+        if let Some(r) = ev.iter().find_map(|e| match &e.payload {
+            Some(rv::event::Payload::ReminderDue(r)) => Some(r.clone()),
+            _ => None,
+        }) {
+            reminded = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let reminded = reminded.expect("a ReminderDue event");
+    let mut who: Vec<_> = reminded
+        .reviewers
+        .iter()
+        .map(|r| (r.reviewer.as_ref().unwrap().id.clone(), r.pending_items))
+        .collect();
+    who.sort();
+    assert_eq!(who, vec![("gus".to_owned(), 1), ("kenneth".to_owned(), 1)]);
+
+    // Gus's assignment goes away before the end (the apply finds it gone).
+    h.assignments()
+        .remove_assignment(h.req_mfa(
+            ADMIN,
+            asg::RemoveAssignmentRequest {
+                id: gus.id.clone(),
+                justification: "left".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    h.clock.set(t0() + TimeDelta::days(14));
+    let done = wait_round(&h, &def.id, rv::RoundStatus::Completed).await;
+    assert_eq!(
+        done.progress.as_ref().unwrap().denied,
+        3,
+        "undecided items got REMOVE"
+    );
+    let applied = h
+        .reviews()
+        .apply_review_results(h.req(
+            ADMIN,
+            rv::ApplyReviewResultsRequest {
+                id: round.id.clone(),
+                request_id: "apply-1".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .round
+        .unwrap();
+    assert_eq!(applied.status(), rv::RoundStatus::Applied);
+    let all = items(&h, ADMIN, &round.id).await;
+    let status = |p: &str| item_of(&all, p).apply_result.as_ref().unwrap().status();
+    assert_eq!(status("gus"), rv::ApplyStatus::AlreadyGone);
+    assert_eq!(status("ferry"), rv::ApplyStatus::NotSupported);
+    assert!(item_of(&all, "kenneth").decided_by_default);
+    // Applying again changes nothing and emits nothing.
+    let n = h.review_events_after(0).await.len();
+    h.reviews()
+        .apply_review_results(h.req(
+            ADMIN,
+            rv::ApplyReviewResultsRequest {
+                id: round.id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let t = types(&h.review_events_after(0).await);
+    assert_eq!(t.len(), n);
+    assert_eq!(t.iter().filter(|x| *x == "ResultApplied").count(), 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn racing_timers_start_a_round_once() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let start = t0() + TimeDelta::days(1);
+    let def = create(
+        &h,
+        quarterly("GA", &[GA], "/", vec![named("kenneth")], start),
+    )
+    .await;
+    // Two replicas' timers read the same due definition and both try to start it.
+    let engine = h.contexts.reviews.as_ref().unwrap().engine.clone();
+    let stored = tenure_reviews::store::get_def(&engine.db, &def.id)
+        .await
+        .unwrap()
+        .unwrap();
+    h.clock.set(start);
+    let (a, b) = tokio::join!(
+        engine.start_round(stored.clone()),
+        engine.start_round(stored)
+    );
+    let started: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    // The server's own timer races them too (it wakes on the clock move): whoever
+    // wins, one round starts.
+    assert!(
+        started.len() <= 1,
+        "at most one of the racing calls starts it"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rounds = h
+        .reviews()
+        .list_review_rounds(h.req(
+            ADMIN,
+            rv::ListReviewRoundsRequest {
+                definition_id: def.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(rounds.len(), 1);
+    let t = types(&h.review_events_after(0).await);
+    assert_eq!(t.iter().filter(|x| *x == "RoundStarted").count(), 1);
+    h.stop().await;
+}

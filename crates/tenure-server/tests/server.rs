@@ -189,7 +189,7 @@ async fn reflection_lists_the_four_packages_in_v1_and_v1alpha() {
 }
 
 #[tokio::test]
-async fn calls_without_a_valid_token_are_unauthenticated_and_unbuilt_rpcs_unimplemented() {
+async fn calls_without_a_valid_token_are_unauthenticated_and_non_readers_are_denied() {
     let s = start().await;
     let ch = channel(s.addr).await;
     let mut access = asg::access_service_client::AccessServiceClient::new(ch.clone());
@@ -204,13 +204,16 @@ async fn calls_without_a_valid_token_are_unauthenticated_and_unbuilt_rpcs_unimpl
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let t = token(&ch, "ferry").await;
-    let mut reviews =
-        tenure_proto::reviews::v1::reviews_service_client::ReviewsServiceClient::new(ch.clone());
-    let err = reviews
-        .list_review_definitions(authed(Default::default(), &t))
+    // Security alerts are for readers only.
+    let mut alerts =
+        tenure_proto::notifications::v1::alerts_service_client::AlertsServiceClient::new(
+            ch.clone(),
+        );
+    let err = alerts
+        .list_alerts(authed(Default::default(), &t))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(err.code(), Code::PermissionDenied);
     // the dev issuer validates its input
     let mut d = devauth::dev_auth_service_client::DevAuthServiceClient::new(ch);
     let err = d

@@ -16,7 +16,7 @@ use crate::conn::{self, Bearer};
 use crate::output::{Format, json, table};
 use crate::time::{dur_proto, parse_duration, parse_time, show, show_duration, to_proto};
 
-async fn authed(ctx: &Ctx) -> anyhow::Result<(Channel, Bearer)> {
+pub async fn authed(ctx: &Ctx) -> anyhow::Result<(Channel, Bearer)> {
     let token = ctx.tokens.resolve()?;
     Ok((conn::connect(&ctx.server).await?, Bearer::new(&token)?))
 }

@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 mod commands;
 mod conn;
+mod more;
 mod output;
 mod time;
 
@@ -103,6 +104,15 @@ enum Command {
     /// Administration: principals, groups, roles, scopes, assignments, settings.
     #[command(subcommand)]
     Admin(commands::AdminCmd),
+    /// Access reviews: what waits for me, decide, accept recommendations, stop, apply.
+    #[command(subcommand)]
+    Reviews(more::ReviewsCmd),
+    /// Security alerts: list, show, dismiss, configure, watch.
+    #[command(subcommand)]
+    Alerts(more::AlertsCmd),
+    /// The audit trail: query, export as CSV.
+    #[command(subcommand)]
+    Audit(more::AuditCmd),
     /// Event streams.
     #[command(subcommand)]
     Events(commands::EventsCmd),
@@ -175,6 +185,9 @@ fn main() -> ExitCode {
             Command::Approvals(c) => commands::approvals(&ctx, c).await,
             Command::Check(a) => commands::check(&ctx, a).await,
             Command::Admin(c) => commands::admin(&ctx, c).await,
+            Command::Reviews(c) => more::reviews(&ctx, c).await,
+            Command::Alerts(c) => more::alerts(&ctx, c).await,
+            Command::Audit(c) => more::audit(&ctx, c).await,
             Command::Events(c) => commands::events(&ctx, c).await,
             Command::Completions { .. } => Ok(()),
         }

@@ -83,3 +83,21 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     println!("{t}");
 }
+
+/// Reads a protobuf message from a JSON file (the canonical protobuf JSON mapping).
+pub fn read_json<M: prost::Message + prost::Name + Default>(
+    path: &std::path::Path,
+) -> anyhow::Result<M> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let desc = pool()
+        .get_message_by_name(&M::full_name())
+        .ok_or_else(|| anyhow::anyhow!("no descriptor for {}", M::full_name()))?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let dynamic = DynamicMessage::deserialize(desc, &mut de).map_err(|e| {
+        anyhow::anyhow!("{} is not a valid {}: {e}", path.display(), M::full_name())
+    })?;
+    Ok(M::decode(
+        prost::Message::encode_to_vec(&dynamic).as_slice(),
+    )?)
+}

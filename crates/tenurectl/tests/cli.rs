@@ -329,3 +329,73 @@ fn every_subcommand_has_help_and_completions_print() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("tenurectl"));
 }
+
+#[tokio::test]
+async fn an_administrator_queries_and_exports_the_audit_and_lists_alerts_and_reviews() {
+    let h = Harness::start().await;
+    let cli = Cli {
+        h: &h,
+        home: tempfile::tempdir().unwrap(),
+    };
+    h.seed_users(&["ferry"]).await;
+    h.assign(
+        tenure_proto::common::v1::AssignmentType::Eligible,
+        "ferry",
+        "billing-administrator",
+        "/",
+    )
+    .await;
+    cli.ok(
+        "ferry",
+        true,
+        &[
+            "activate",
+            "--role",
+            "billing-administrator",
+            "-j",
+            "month-end invoices",
+        ],
+    )
+    .await;
+    // The audit trail follows the streams: wait until Ferry's activation is in it.
+    let mut found = String::new();
+    for _ in 0..300 {
+        found = cli
+            .ok(ADMIN, false, &["audit", "query", "--principal", "ferry"])
+            .await;
+        if found.contains("RequestProvisioned") || found.contains("provisioned") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(found.contains("ferry"), "{found}");
+    let csv = cli.home.path().join("audit.csv");
+    cli.ok(
+        ADMIN,
+        false,
+        &[
+            "audit",
+            "export",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--principal",
+            "ferry",
+        ],
+    )
+    .await;
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines.next().unwrap().contains("action"),
+        "a header row: {text}"
+    );
+    assert!(lines.count() >= 2, "rows for Ferry's activation: {text}");
+    // Ferry may read his own audit, but not the alerts.
+    cli.ok("ferry", false, &["audit", "query", "--mine"]).await;
+    let denied = cli.run("ferry", false, &["alerts", "list"]).await;
+    assert_eq!(denied.status.code(), Some(3));
+    cli.ok(ADMIN, false, &["alerts", "list"]).await;
+    let defs = cli.ok(ADMIN, false, &["reviews", "definitions"]).await;
+    assert!(defs.contains("(none)") || defs.contains("NAME"), "{defs}");
+    h.stop().await;
+}

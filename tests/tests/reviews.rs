@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use tenure_e2e::harness::*;
-use tenure_platform::clock::to_proto;
+use tenure_platform::clock::{Clock as _, to_proto};
 use tenure_proto::activation::v1 as act;
 use tenure_proto::assignments::v1 as asg;
 use tenure_proto::common::v1::{AssignmentType, PrincipalRef, PrincipalType, ScopeType};
@@ -1018,5 +1018,118 @@ async fn racing_timers_start_a_round_once() {
     assert_eq!(rounds.len(), 1);
     let t = types(&h.review_events_after(0).await);
     assert_eq!(t.iter().filter(|x| *x == "RoundStarted").count(), 1);
+    h.stop().await;
+}
+
+/// Two stages in series: what the first stage approves moves on to the second stage's
+/// reviewer, what it denies stays denied; the definition survives a restart of the
+/// server before its first round; at the end, every denial is applied.
+#[tokio::test]
+async fn two_stages_in_series_survive_a_restart_and_apply_both_stages_denials() {
+    let mut h = Harness::start().await;
+    h.seed_users(&["ferry", "eve", "kenneth", "lisa"]).await;
+    let ferry = h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let eve = h.assign(AssignmentType::Eligible, "eve", GA, "/").await;
+    let start = h.clock.now() + TimeDelta::hours(1);
+    let mut d = quarterly("two-stage", &[GA], "/", vec![], start);
+    d.stages = vec![
+        rv::ReviewStage {
+            reviewers: vec![named("kenneth")],
+            duration_days: 7,
+            decisions_that_move_on: vec![rv::ReviewDecision::Approve.into()],
+        },
+        rv::ReviewStage {
+            reviewers: vec![named("lisa")],
+            duration_days: 7,
+            decisions_that_move_on: vec![],
+        },
+    ];
+    let def = create(&h, d).await;
+
+    // The server restarts before the first round is due; the timer comes back with it.
+    h.restart().await;
+    h.clock.set(start);
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let all = items(&h, ADMIN, &round.id).await;
+    let (f, e) = (
+        item_of(&all, "ferry").id.clone(),
+        item_of(&all, "eve").id.clone(),
+    );
+    // Stage 1 is Kenneth's: Lisa cannot decide yet.
+    assert!(
+        decide(&h, "lisa", &f, rv::ReviewDecision::Deny, "x")
+            .await
+            .is_err()
+    );
+    decide(
+        &h,
+        "kenneth",
+        &f,
+        rv::ReviewDecision::Approve,
+        "still billing owner",
+    )
+    .await
+    .unwrap();
+    decide(&h, "kenneth", &e, rv::ReviewDecision::Deny, "left the team")
+        .await
+        .unwrap();
+
+    // Stage 1 ends: Ferry's approved item moves on to Lisa; Eve's denial stays.
+    h.clock.set(start + TimeDelta::days(7));
+    let mut moved = false;
+    for _ in 0..500 {
+        let now_items = items(&h, ADMIN, &round.id).await;
+        if item_of(&now_items, "ferry").stage == 1 {
+            assert_eq!(item_of(&now_items, "eve").stage, 0);
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(moved, "the approved item did not move on to stage 2");
+    assert!(
+        h.review_events_after(0).await.iter().any(|ev| ev
+            .meta
+            .as_ref()
+            .unwrap()
+            .r#type
+            .ends_with("StageStarted"))
+    );
+    // Kenneth's turn is over; Lisa decides stage 2.
+    assert!(
+        decide(&h, "kenneth", &f, rv::ReviewDecision::Deny, "x")
+            .await
+            .is_err()
+    );
+    decide(
+        &h,
+        "lisa",
+        &f,
+        rv::ReviewDecision::Deny,
+        "no billing work this quarter",
+    )
+    .await
+    .unwrap();
+
+    // The round ends and both denials are applied through the assignments context.
+    h.clock.set(start + TimeDelta::days(14));
+    wait_round(&h, &def.id, rv::RoundStatus::Applied).await;
+    for a in [&ferry, &eve] {
+        let got = h
+            .assignments()
+            .get_assignment(h.req(ADMIN, asg::GetAssignmentRequest { id: a.id.clone() }))
+            .await
+            .unwrap()
+            .into_inner()
+            .assignment
+            .unwrap();
+        assert_eq!(
+            got.status(),
+            asg::AssignmentStatus::Removed,
+            "{}",
+            a.principal.as_ref().unwrap().id
+        );
+        assert_eq!(got.removal_reason(), asg::RemovalReason::AccessReview);
+    }
     h.stop().await;
 }

@@ -13,22 +13,47 @@ use crate::auth::{AuthError, Caller, Verifier};
 use crate::error::ApiError;
 use crate::trace::TraceContext;
 
+/// At most this many field violations are detailed in one status.
+pub const MAX_VIOLATIONS: usize = 20;
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Turns a domain error into the status the client sees. `INVALID_ARGUMENT` carries a
 /// `google.rpc.BadRequest` with one field violation per bad field. `INTERNAL` says only
 /// "internal error" and an id; the cause is logged here, once, with that id.
 pub fn status(err: ApiError) -> Status {
     match err {
         ApiError::InvalidArgument(violations) => {
+            // Status details travel in response headers: a bulk call with thousands of
+            // bad items would make headers no client accepts. Report the first ones and
+            // say how many more there were.
+            let shown = &violations[..violations.len().min(MAX_VIOLATIONS)];
+            let more = violations.len() - shown.len();
             let mut details = ErrorDetails::new();
-            for v in &violations {
-                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            for v in shown {
+                details.add_bad_request_violation(
+                    truncate(&v.field, 256),
+                    truncate(&v.description, 512),
+                );
             }
-            let msg = violations
+            let mut msg = shown
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            Status::with_error_details(Code::InvalidArgument, msg, details)
+            if more > 0 {
+                msg.push_str(&format!("; and {more} more"));
+            }
+            Status::with_error_details(Code::InvalidArgument, truncate(&msg, 4096), details)
         }
         ApiError::NotFound { kind, id } => Status::not_found(format!("{kind} {id:?} not found")),
         ApiError::AlreadyExists { kind, id } => {
@@ -303,6 +328,25 @@ mod tests {
             ApiError::InvalidArgument(v) => assert_eq!(v.len(), 2),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn thousands_of_violations_make_a_status_any_client_can_read() {
+        let many: Vec<FieldViolation> = (0..5000)
+            .map(|i| FieldViolation::new(format!("principals[{i}].display_name"), "x".repeat(300)))
+            .collect();
+        let s = status(ApiError::InvalidArgument(many));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().len() <= 4096 + 4);
+        assert!(s.message().ends_with("more") || s.message().ends_with('…'));
+        assert_eq!(
+            s.get_error_details()
+                .bad_request()
+                .unwrap()
+                .field_violations
+                .len(),
+            MAX_VIOLATIONS
+        );
     }
 
     #[test]

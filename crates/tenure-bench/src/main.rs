@@ -254,7 +254,14 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
 
     // Cold start: the same data directory and database, a new process.
     if let (Ok(ds), Some(s), true) = (&result, owned.take(), want("restart")) {
-        s.stop().await?;
+        let t_stop = Instant::now();
+        if let Err(e) = s.stop().await {
+            // A finding, not a harness failure: note it and go on with the cold start.
+            eprintln!("restart: {e}");
+            rep.notes.push(format!("{e}"));
+        }
+        rep.details
+            .insert("shutdown_s".into(), json!(t_stop.elapsed().as_secs_f64()));
         eprintln!("restart: cold start over the loaded data");
         let t = Instant::now();
         let s2 = server::Server::start(&launch, dir.path()).await?;
@@ -304,7 +311,8 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
     }
     if let Some(s) = owned {
         if let Err(e) = s.stop().await {
-            rep.failures.push(format!("{e}"));
+            eprintln!("{e}");
+            rep.notes.push(format!("{e}"));
         }
     }
     if let Some(db) = fresh_db {
@@ -339,6 +347,9 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&rep)?)
         .with_context(|| format!("writing {}", args.out.display()))?;
     println!("JSON: {}", args.out.display());
+    for n in &rep.notes {
+        println!("note: {n}");
+    }
     for f in &rep.failures {
         eprintln!("FAILED: {f}");
     }

@@ -103,6 +103,8 @@ pub struct Report {
     /// What went wrong in the harness's view (failed calls, missing events...): a
     /// non-empty list fails the run.
     pub failures: Vec<String>,
+    /// Findings that do not fail the run (a slow shutdown...).
+    pub notes: Vec<String>,
 }
 
 impl Report {

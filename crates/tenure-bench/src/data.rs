@@ -277,7 +277,7 @@ pub async fn load(
                 let p = i % principals.len();
                 let k = i / principals.len();
                 let scope = &scopes[(p * 7 + k * stride) % scopes.len()];
-                let active = (p + k) % 2 == 0;
+                let active = (p + k).is_multiple_of(2);
                 let r = client
                     .create_assignment(req(
                         asg::CreateAssignmentRequest {

@@ -200,8 +200,10 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
     let wanted: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
     let want = |w: &str| wanted.contains(&w);
     let mut rep = report::Report::default();
-    rep.meta
-        .insert("date".into(), json!(chrono::Utc::now().to_rfc3339()));
+    // The real date of the measurement (the harness runs on the wall clock).
+    #[allow(clippy::disallowed_methods)]
+    let date = chrono::Utc::now().to_rfc3339();
+    rep.meta.insert("date".into(), json!(date));
     rep.meta.insert(
         "commit".into(),
         json!(sh("git", &["rev-parse", "--short", "HEAD"])),
@@ -309,12 +311,13 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
         );
         owned = Some(s2);
     }
-    if let Some(s) = owned {
-        if let Err(e) = s.stop().await {
-            eprintln!("{e}");
-            rep.notes.push(format!("{e}"));
-        }
+    if let Some(s) = owned
+        && let Err(e) = s.stop().await
+    {
+        eprintln!("{e}");
+        rep.notes.push(format!("{e}"));
     }
+
     if let Some(db) = fresh_db {
         if args.keep_db {
             eprintln!("kept database {}", db.url);
@@ -415,16 +418,14 @@ async fn measure(
         .insert("load".into(), serde_json::to_value(&load)?);
     rep.details
         .insert("shape".into(), serde_json::to_value(&shape)?);
-    if let Some(p) = &proc {
-        if let Some(r) = p.rss_mib() {
-            rep.rows.push(report::Row::plain(
-                "6 scale",
-                &format!("RSS after loading {} assignments", shape.assignments),
-                r,
-                "MiB",
-                None,
-            ));
-        }
+    if let Some(r) = proc.as_ref().and_then(server::Proc::rss_mib) {
+        rep.rows.push(report::Row::plain(
+            "6 scale",
+            &format!("RSS after loading {} assignments", shape.assignments),
+            r,
+            "MiB",
+            None,
+        ));
     }
 
     let knobs = workloads::Knobs {

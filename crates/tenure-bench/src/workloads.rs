@@ -251,7 +251,7 @@ async fn activate(
                     "  first ActivateRoles error: {:?}: {}",
                     e.code(),
                     e.message()
-                )
+                );
             });
             kind(&e)
         })?

@@ -1,0 +1,466 @@
+//! `tenure-bench`: measures Tenure on this machine, reproducibly (issue 8).
+//!
+//! It starts `tenure serve` as a child on 127.0.0.1:0 with a fresh data directory (and,
+//! with `--database-url`, a fresh PostgreSQL database), or uses `--addr`; loads a data
+//! set through the public gRPC API; drives load over several connections on loopback;
+//! and prints a table and writes JSON. See BENCHMARKS.md.
+//!
+//!   cargo build --release -p tenure-server -p tenure-bench
+//!   target/release/tenure-bench                      # SQLite, every default workload
+//!   target/release/tenure-bench --database-url postgres://postgres@127.0.0.1:5432/postgres
+//!   target/release/tenure-bench --smoke --tenure-bin target/debug/tenure   # CI
+
+mod client;
+mod data;
+mod loadgen;
+mod report;
+mod server;
+mod workloads;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use serde_json::json;
+
+/// The bootstrap administrator the harness starts servers with.
+pub const ADMIN: &str = "admin";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tenure-bench",
+    about = "Measures Tenure on this machine (see BENCHMARKS.md)"
+)]
+struct Args {
+    /// The `tenure` binary to start.
+    #[arg(long, default_value = "target/release/tenure")]
+    tenure_bin: PathBuf,
+    /// Use a running server at this loopback address instead of starting one (it must
+    /// run the development issuer with the bootstrap administrator "admin", on an empty
+    /// database).
+    #[arg(long)]
+    addr: Option<std::net::SocketAddr>,
+    /// With --addr: the server's process id, to read its CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// PostgreSQL server URL (loopback only); a fresh database is created on it for the
+    /// run and dropped after. Unset: SQLite in a fresh data directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Keep the PostgreSQL database after the run.
+    #[arg(long)]
+    keep_db: bool,
+    /// Tiny sizes, about a second per workload: checks the harness works (CI), not timings.
+    #[arg(long)]
+    smoke: bool,
+    /// Workloads to run, comma-separated: access, activation, throughput, streams,
+    /// restart (cold start and memory; only when the harness starts the server).
+    #[arg(long, default_value = "access,activation,throughput,streams,restart")]
+    workloads: String,
+    /// Principals of the access data set (one in ten is a group).
+    #[arg(long, default_value_t = 10_000)]
+    principals: usize,
+    /// Assignments of the access data set.
+    #[arg(long, default_value_t = 100_000)]
+    assignments: usize,
+    /// Management groups (each with 10 subscriptions of 10 resource groups).
+    #[arg(long, default_value_t = 10)]
+    management_groups: usize,
+    /// CreateAssignment calls in flight while loading.
+    #[arg(long, default_value_t = 32)]
+    load_in_flight: usize,
+    /// gRPC connections (HTTP/2, one TCP connection each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Warm-up before each measured window, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Each measured window, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// CheckAccess (and health) open-loop rate, per second.
+    #[arg(long, default_value_t = 5_000.0)]
+    access_rate: f64,
+    /// Calls in flight for the saturation runs.
+    #[arg(long, default_value_t = 64)]
+    saturation_concurrency: usize,
+    /// Activation-to-effect open-loop rate, per second.
+    #[arg(long, default_value_t = 50.0)]
+    activation_rate: f64,
+    /// ActivateRoles calls in flight for the throughput run.
+    #[arg(long, default_value_t = 64)]
+    activation_concurrency: usize,
+    /// Principals that activate (each eligible for "contributor" at "/").
+    #[arg(long, default_value_t = 200)]
+    activators: usize,
+    /// Stream subscribers.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Events per second for the stream workload.
+    #[arg(long, default_value_t = 1_000.0)]
+    stream_event_rate: f64,
+    /// Principals re-synced per UpsertPrincipals call in the stream workload.
+    #[arg(long, default_value_t = 10)]
+    stream_batch: usize,
+    /// How many events behind the catching-up subscriber starts.
+    #[arg(long, default_value_t = 10_000)]
+    catch_up: i64,
+    /// Do not pin the server (CPU 0) and the generator (CPU 1) with taskset.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/tenure-bench/results.json")]
+    out: PathBuf,
+}
+
+impl Args {
+    fn apply_smoke(&mut self) {
+        if !self.smoke {
+            return;
+        }
+        self.principals = 100;
+        self.assignments = 200;
+        self.management_groups = 2;
+        self.warmup = 0.3;
+        self.duration = 1.0;
+        self.access_rate = 200.0;
+        self.saturation_concurrency = 8;
+        self.activation_rate = 10.0;
+        self.activation_concurrency = 4;
+        self.activators = 40;
+        self.subscribers = 5;
+        self.stream_event_rate = 100.0;
+        self.stream_batch = 10;
+        self.catch_up = 200;
+        self.connections = 2;
+        self.load_in_flight = 8;
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    args.apply_smoke();
+    let pin = !args.no_pin && args.addr.is_none() && server::can_pin();
+    if pin {
+        // The generator on CPU 1 (threads started from now on inherit it), the server
+        // on CPU 0: neither steals the other's core.
+        if let Err(e) = server::pin_self("1") {
+            eprintln!("tenure-bench: cannot pin the generator: {e}");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenure-bench: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args, pin)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tenure-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    json!({
+        "nproc": sh("nproc", &[]),
+        "cpu": cpu,
+        "memory": sh("free", &["-h"]),
+        "kernel": sh("uname", &["-r"]),
+    })
+}
+
+async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
+    let wanted: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    let want = |w: &str| wanted.contains(&w);
+    let mut rep = report::Report::default();
+    // The real date of the measurement (the harness runs on the wall clock).
+    #[allow(clippy::disallowed_methods)]
+    let date = chrono::Utc::now().to_rfc3339();
+    rep.meta.insert("date".into(), json!(date));
+    rep.meta.insert(
+        "commit".into(),
+        json!(sh("git", &["rev-parse", "--short", "HEAD"])),
+    );
+    rep.meta.insert("machine".into(), machine());
+    rep.meta.insert(
+        "backend".into(),
+        json!(if args.database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }),
+    );
+    rep.meta.insert("smoke".into(), json!(args.smoke));
+    rep.meta.insert("pinned".into(), json!(pin));
+    rep.meta.insert("args".into(), json!(format!("{args:?}")));
+
+    // The server.
+    let fresh_db = match &args.database_url {
+        Some(url) if args.addr.is_none() => Some(server::FreshDb::create(url).await?),
+        Some(_) => None,
+        None => None,
+    };
+    let launch = server::Launch {
+        bin: args.tenure_bin.clone(),
+        database_url: fresh_db.as_ref().map(|d| d.url.clone()),
+        pin: pin.then(|| "0".to_owned()),
+    };
+    let dir = tempfile::Builder::new().prefix("tenure-bench-").tempdir()?;
+    let mut owned = None;
+    let (addr, proc) = match args.addr {
+        Some(a) => {
+            server::ensure_loopback_host(&a.ip().to_string())?;
+            (a, args.server_pid.map(server::Proc::new))
+        }
+        None => {
+            let s = server::Server::start(&launch, dir.path()).await?;
+            eprintln!(
+                "server: {} (pid {}), log {}",
+                s.addr,
+                s.proc.pid,
+                s.log().display()
+            );
+            let r = (s.addr, Some(s.proc));
+            owned = Some(s);
+            r
+        }
+    };
+    let result = measure(&args, &want, addr, proc, &mut rep).await;
+
+    // Cold start: the same data directory and database, a new process.
+    if let (Ok(ds), Some(s), true) = (&result, owned.take(), want("restart")) {
+        let t_stop = Instant::now();
+        if let Err(e) = s.stop().await {
+            // A finding, not a harness failure: note it and go on with the cold start.
+            eprintln!("restart: {e}");
+            rep.notes.push(format!("{e}"));
+        }
+        rep.details
+            .insert("shutdown_s".into(), json!(t_stop.elapsed().as_secs_f64()));
+        eprintln!("restart: cold start over the loaded data");
+        let t = Instant::now();
+        let s2 = server::Server::start(&launch, dir.path()).await?;
+        let listening = s2.started_in;
+        let c = client::Conns::open(s2.addr, 1).await?;
+        workloads::head(&c, ds).await?;
+        let serving = t.elapsed();
+        let rss_loaded = s2.proc.rss_mib();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_idle_loaded = s2.proc.rss_mib();
+        rep.rows.push(report::Row::plain(
+            "6 scale",
+            &format!(
+                "cold start to first CheckAccess answer ({} assignments; listening after {:.0} ms)",
+                ds.shape.assignments,
+                listening.as_secs_f64() * 1000.0
+            ),
+            serving.as_secs_f64() * 1000.0,
+            "ms",
+            Some((
+                "≤ 3,000 ms (at 1M)".into(),
+                serving <= Duration::from_secs(3),
+            )),
+        ));
+        if let Some(r) = rss_idle_loaded {
+            rep.rows.push(report::Row::plain(
+                "6 scale",
+                &format!(
+                    "RSS after restart, idle ({} assignments)",
+                    ds.shape.assignments
+                ),
+                r,
+                "MiB",
+                None,
+            ));
+        }
+        rep.details.insert(
+            "restart".into(),
+            json!({
+                "listening_ms": listening.as_secs_f64() * 1000.0,
+                "serving_ms": serving.as_secs_f64() * 1000.0,
+                "rss_after_first_call_mib": rss_loaded,
+                "rss_idle_mib": rss_idle_loaded,
+            }),
+        );
+        owned = Some(s2);
+    }
+    if let Some(s) = owned
+        && let Err(e) = s.stop().await
+    {
+        eprintln!("{e}");
+        rep.notes.push(format!("{e}"));
+    }
+
+    if let Some(db) = fresh_db {
+        if args.keep_db {
+            eprintln!("kept database {}", db.url);
+        } else {
+            db.drop_db().await?;
+        }
+    }
+    if let Err(e) = &result {
+        rep.failures.push(format!("{e:#}"));
+    }
+
+    println!(
+        "\nTenure benchmark — {} on {}, commit {}{}",
+        rep.meta["backend"].as_str().unwrap_or_default(),
+        rep.meta["machine"]["cpu"].as_str().unwrap_or_default(),
+        rep.meta["commit"].as_str().unwrap_or_default(),
+        if args.smoke {
+            " (SMOKE: sizes too small for timings to mean anything)"
+        } else {
+            ""
+        },
+    );
+    println!("{}", rep.table());
+    if let Some(l) = rep.details.get("load") {
+        println!("load: {l}");
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&rep)?)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("JSON: {}", args.out.display());
+    for n in &rep.notes {
+        println!("note: {n}");
+    }
+    for f in &rep.failures {
+        eprintln!("FAILED: {f}");
+    }
+    Ok(rep.failures.is_empty())
+}
+
+async fn measure(
+    args: &Args,
+    want: &dyn Fn(&str) -> bool,
+    addr: std::net::SocketAddr,
+    proc: Option<server::Proc>,
+    rep: &mut report::Report,
+) -> anyhow::Result<data::Dataset> {
+    let c = client::Conns::open(addr, args.connections).await?;
+    if let Some(p) = &proc {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(r) = p.rss_mib() {
+            rep.rows.push(report::Row::plain(
+                "6 scale",
+                "RSS of a fresh server, idle (empty database)",
+                r,
+                "MiB",
+                Some(("≤ 30 MiB".into(), r <= 30.0)),
+            ));
+        }
+    }
+    let shape = data::Shape {
+        principals: args.principals,
+        group_every: 10,
+        assignments: args.assignments,
+        management_groups: args.management_groups,
+        subscriptions_per_mg: if args.smoke { 3 } else { 10 },
+        resource_groups_per_subscription: if args.smoke { 4 } else { 10 },
+        activators: args.activators,
+        stream_principals: if args.smoke { 50 } else { 1_000 },
+    };
+    eprintln!(
+        "load: {} principals, {} assignments, {} management groups",
+        shape.principals, shape.assignments, shape.management_groups
+    );
+    let (ds, load) = data::load(&c, &shape, args.load_in_flight, proc.as_ref()).await?;
+    eprintln!(
+        "load: {} assignments in {:.1} s ({:.0}/s)",
+        shape.assignments, load.assignments_s, load.assignments_per_s
+    );
+    rep.rows.push(report::Row::plain(
+        "1 access",
+        &format!(
+            "load: CreateAssignment one per call, {} in flight ({} assignments, {:.1} s)",
+            load.assignments_in_flight, shape.assignments, load.assignments_s
+        ),
+        load.assignments_per_s,
+        "/s",
+        None,
+    ));
+    if load.assignment_errors > 0 {
+        rep.failures.push(format!(
+            "load: {} CreateAssignment calls failed",
+            load.assignment_errors
+        ));
+    }
+    rep.details
+        .insert("load".into(), serde_json::to_value(&load)?);
+    rep.details
+        .insert("shape".into(), serde_json::to_value(&shape)?);
+    if let Some(r) = proc.as_ref().and_then(server::Proc::rss_mib) {
+        rep.rows.push(report::Row::plain(
+            "6 scale",
+            &format!("RSS after loading {} assignments", shape.assignments),
+            r,
+            "MiB",
+            None,
+        ));
+    }
+
+    let knobs = workloads::Knobs {
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        access_rate: args.access_rate,
+        saturation_concurrency: args.saturation_concurrency,
+        activation_rate: args.activation_rate,
+        activation_concurrency: args.activation_concurrency,
+        subscribers: args.subscribers,
+        stream_event_rate: args.stream_event_rate,
+        stream_batch: args.stream_batch,
+        catch_up_events: args.catch_up,
+    };
+    let p = proc.as_ref();
+    if want("access") {
+        workloads::access(&c, &ds, &knobs, p, rep).await?;
+    }
+    if want("activation") || want("throughput") {
+        let tokens = c.tokens(&ds.activators).await?;
+        let slots = workloads::Slots::new(&ds, tokens);
+        let goal = if args.database_url.is_some() {
+            50.0
+        } else {
+            20.0
+        };
+        if want("activation") {
+            workloads::activation_to_effect(&c, &ds, &slots, &knobs, p, goal, rep).await?;
+        }
+        if want("throughput") {
+            workloads::activation_throughput(&c, &slots, &knobs, p, rep).await?;
+        }
+    }
+    if want("streams") {
+        workloads::streams(&c, &ds, &knobs, p, rep).await?;
+    }
+    Ok(ds)
+}

@@ -1,0 +1,689 @@
+//! The workloads of issue 8 that the current APIs support.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use serde_json::json;
+use tenure_proto::activation::v1 as act;
+use tenure_proto::assignments::v1 as asg;
+
+use crate::client::{Bearer, Conns, req};
+use crate::data::{ACTIVATION_ROLE, Dataset, RESOURCE_ROLES};
+use crate::loadgen::{self, CallResult, Latency, RunStats, histogram, kind, record};
+use crate::report::{Report, Row};
+use crate::server::Proc;
+
+/// Knobs shared by the workloads.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    /// Warm-up before each measured window.
+    pub warmup: Duration,
+    /// Each measured window.
+    pub duration: Duration,
+    /// CheckAccess open-loop rate.
+    pub access_rate: f64,
+    /// Callers in flight for saturation runs.
+    pub saturation_concurrency: usize,
+    /// Activation-to-effect open-loop rate.
+    pub activation_rate: f64,
+    /// Callers in flight for the activation throughput run.
+    pub activation_concurrency: usize,
+    /// Stream subscribers.
+    pub subscribers: usize,
+    /// Events per second for the stream workload.
+    pub stream_event_rate: f64,
+    /// Principals re-synced per UpsertPrincipals call (events per call).
+    pub stream_batch: usize,
+    /// How far behind the catching-up subscriber starts, events.
+    pub catch_up_events: i64,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64: a deterministic, well-spread pseudo-random value per call index.
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The assignments log's head, as reported by CheckAccess.
+pub async fn head(c: &Conns, ds: &Dataset) -> anyhow::Result<i64> {
+    let r = c
+        .access(0)
+        .check_access(req(
+            asg::CheckAccessRequest {
+                principal_id: ds.users[0].clone(),
+                target: Some(asg::check_access_request::Target::RoleId("reader".into())),
+                scope_id: "/".into(),
+                ..Default::default()
+            },
+            &c.admin,
+        ))
+        .await
+        .context("CheckAccess")?;
+    Ok(r.into_inner().sequence)
+}
+
+fn health_call(
+    c: &Conns,
+) -> impl Fn(u64) -> futures::future::BoxFuture<'static, CallResult> + Send + Sync + 'static {
+    let c = c.clone();
+    move |i| {
+        let mut h = c.health(i as usize);
+        let r = req(
+            tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            },
+            &c.admin,
+        );
+        Box::pin(async move {
+            match h.check(r).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(kind(&e)),
+            }
+        })
+    }
+}
+
+fn check_call(
+    c: &Conns,
+    ds: &Dataset,
+    allowed: Arc<AtomicU64>,
+) -> impl Fn(u64) -> futures::future::BoxFuture<'static, CallResult> + Send + Sync + 'static {
+    let c = c.clone();
+    let (users, rgs) = (ds.users.clone(), ds.resource_groups.clone());
+    move |i| {
+        let h = mix(i);
+        let user = users[(h % users.len() as u64) as usize].clone();
+        let role = RESOURCE_ROLES[((h >> 20) % RESOURCE_ROLES.len() as u64) as usize];
+        let scope = rgs[((h >> 32) % rgs.len() as u64) as usize].clone();
+        let mut a = c.access(i as usize);
+        let r = req(
+            asg::CheckAccessRequest {
+                principal_id: user,
+                target: Some(asg::check_access_request::Target::RoleId(role.into())),
+                scope_id: scope,
+                ..Default::default()
+            },
+            &c.admin,
+        );
+        let allowed = allowed.clone();
+        Box::pin(async move {
+            match a.check_access(r).await {
+                Ok(r) => {
+                    if r.into_inner().allowed {
+                        allowed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(kind(&e)),
+            }
+        })
+    }
+}
+
+fn run_json(s: &RunStats) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or_default()
+}
+
+/// Workload 1: CheckAccess over the data set, open loop at the target rate and closed
+/// loop at saturation, each next to the health check under the same generator.
+pub async fn access(
+    c: &Conns,
+    ds: &Dataset,
+    k: &Knobs,
+    server: Option<&Proc>,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    let rate = k.access_rate;
+    eprintln!("access: health check, open loop at {rate}/s");
+    let h_open = loadgen::open_loop(rate, k.warmup, k.duration, server, health_call(c)).await;
+    eprintln!("access: CheckAccess, open loop at {rate}/s");
+    let allowed = Arc::new(AtomicU64::new(0));
+    let c_open = loadgen::open_loop(
+        rate,
+        k.warmup,
+        k.duration,
+        server,
+        check_call(c, ds, allowed.clone()),
+    )
+    .await;
+    let n = k.saturation_concurrency;
+    eprintln!("access: health check, closed loop with {n} in flight");
+    let hc = health_call(c);
+    let h_sat =
+        loadgen::closed_loop(n, k.warmup, k.duration, server, move |w, _| hc(w as u64)).await;
+    eprintln!("access: CheckAccess, closed loop with {n} in flight");
+    let cc = check_call(c, ds, Arc::new(AtomicU64::new(0)));
+    let counter = Arc::new(AtomicU64::new(0));
+    let c_sat = loadgen::closed_loop(n, k.warmup, k.duration, server, move |_, _| {
+        cc(counter.fetch_add(1, Ordering::Relaxed))
+    })
+    .await;
+
+    let allow_share = allowed.load(Ordering::Relaxed) as f64 / (c_open.ok.max(1)) as f64;
+    rep.rows.push(Row::latency(
+        "1 access",
+        &format!("CheckAccess p99 at {rate}/s (open loop)"),
+        &c_open,
+        &h_open,
+        Some(("≤ 1 ms", c_open.latency.p99_ms <= 1.0)),
+    ));
+    rep.rows.push(Row::throughput(
+        "1 access",
+        &format!("CheckAccess saturation ({n} in flight)"),
+        &c_sat,
+        &h_sat,
+        Some(("≥ 0.8× health", c_sat.throughput >= 0.8 * h_sat.throughput)),
+    ));
+    rep.details.insert(
+        "access".into(),
+        json!({
+            "rate": rate,
+            "health_open": run_json(&h_open),
+            "check_open": run_json(&c_open),
+            "health_saturation": run_json(&h_sat),
+            "check_saturation": run_json(&c_sat),
+            "allowed_share": allow_share,
+        }),
+    );
+    rep.check(&[&h_open, &c_open, &h_sat, &c_sat]);
+    Ok(())
+}
+
+/// Hands out (activator, scope) pairs never activated before in this run.
+#[derive(Clone)]
+pub struct Slots {
+    next: Arc<AtomicUsize>,
+    ds: Dataset,
+    tokens: Arc<HashMap<String, Bearer>>,
+}
+
+impl Slots {
+    /// Over the data set's activators (with their tokens).
+    pub fn new(ds: &Dataset, tokens: HashMap<String, Bearer>) -> Self {
+        Self {
+            next: Arc::new(AtomicUsize::new(0)),
+            ds: ds.clone(),
+            tokens: Arc::new(tokens),
+        }
+    }
+
+    /// The next unused activator and scope, with the activator's token.
+    fn take(&self) -> Option<(String, String, Bearer)> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let a = &self.ds.activators[n % self.ds.activators.len()];
+        let s = self.ds.scopes.get(n / self.ds.activators.len())?;
+        Some((a.clone(), s.clone(), self.tokens.get(a)?.clone()))
+    }
+}
+
+async fn activate(
+    c: &Conns,
+    i: usize,
+    who: &str,
+    scope: &str,
+    token: &Bearer,
+) -> Result<String, String> {
+    let _ = who;
+    let r = c
+        .activation(i)
+        .activate_roles(req(
+            act::ActivateRolesRequest {
+                items: vec![act::ActivationItem {
+                    role_id: ACTIVATION_ROLE.into(),
+                    scope_id: scope.to_owned(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map_err(|e| {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                eprintln!(
+                    "  first ActivateRoles error: {:?}: {}",
+                    e.code(),
+                    e.message()
+                );
+            });
+            kind(&e)
+        })?
+        .into_inner();
+    let item = r.results.into_iter().next().ok_or("no result")?;
+    if item.outcome() != act::ItemOutcome::Provisioned {
+        return Err(format!("{:?}", item.outcome()));
+    }
+    Ok(item.request.map(|r| r.id).unwrap_or_default())
+}
+
+/// Workload 2: from the ActivateRoles reply to CheckAccess ALLOW and to the
+/// InstanceActivated event at a subscriber of the assignments stream.
+pub async fn activation_to_effect(
+    c: &Conns,
+    ds: &Dataset,
+    slots: &Slots,
+    k: &Knobs,
+    server: Option<&Proc>,
+    backend_goal_ms: f64,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    let from = head(c, ds).await?;
+    let events: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut stream = c
+        .events(0)
+        .subscribe_events(req(
+            asg::SubscribeEventsRequest {
+                after_sequence: from,
+                event_types: vec!["InstanceActivated".into()],
+            },
+            &c.admin,
+        ))
+        .await
+        .context("SubscribeEvents")?
+        .into_inner();
+    let sub = {
+        let events = events.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                let now = Instant::now();
+                let Some(e) = m.event else { continue };
+                let id = match &e.payload {
+                    Some(asg::event::Payload::InstanceActivated(a)) => a
+                        .instance
+                        .as_ref()
+                        .map(|i| i.request_id.clone())
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let id = if id.is_empty() {
+                    e.meta.map(|m| m.correlation_id).unwrap_or_default()
+                } else {
+                    id
+                };
+                lock(&events).insert(id, now);
+            }
+        })
+    };
+    let replies: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let allow_hist = Arc::new(Mutex::new(histogram()));
+    let allow_fail = Arc::new(AtomicU64::new(0));
+    let first_denied = Arc::new(AtomicU64::new(0));
+    let rate = k.activation_rate;
+    eprintln!("activation: ActivateRoles → effect, open loop at {rate}/s");
+    let stats = {
+        let (c, slots, replies, allow_hist, allow_fail, first_denied) = (
+            c.clone(),
+            slots.clone(),
+            replies.clone(),
+            allow_hist.clone(),
+            allow_fail.clone(),
+            first_denied.clone(),
+        );
+        loadgen::open_loop(rate, k.warmup, k.duration, server, move |i| {
+            let (c, slots, replies, allow_hist, allow_fail, first_denied) = (
+                c.clone(),
+                slots.clone(),
+                replies.clone(),
+                allow_hist.clone(),
+                allow_fail.clone(),
+                first_denied.clone(),
+            );
+            Box::pin(async move {
+                let (who, scope, token) = slots.take().ok_or("out of scopes")?;
+                let id = activate(&c, i as usize, &who, &scope, &token).await?;
+                let replied = Instant::now();
+                lock(&replies).insert(id, replied);
+                // Ask until allowed (bounded: 5 s).
+                let mut a = c.access(i as usize + 1);
+                let mut first = true;
+                loop {
+                    let r = a
+                        .check_access(req(
+                            asg::CheckAccessRequest {
+                                principal_id: who.clone(),
+                                target: Some(asg::check_access_request::Target::RoleId(
+                                    ACTIVATION_ROLE.into(),
+                                )),
+                                scope_id: scope.clone(),
+                                ..Default::default()
+                            },
+                            &c.admin,
+                        ))
+                        .await
+                        .map_err(|e| kind(&e))?;
+                    if r.into_inner().allowed {
+                        record(&mut lock(&allow_hist), replied.elapsed());
+                        break;
+                    }
+                    if first {
+                        first_denied.fetch_add(1, Ordering::Relaxed);
+                        first = false;
+                    }
+                    if replied.elapsed() > Duration::from_secs(5) {
+                        allow_fail.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+                Ok(())
+            }) as futures::future::BoxFuture<'static, CallResult>
+        })
+        .await
+    };
+    // Give the last events a moment to arrive, then join replies and events.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let missing = {
+            let (r, e) = (lock(&replies), lock(&events));
+            r.keys().filter(|id| !e.contains_key(*id)).count()
+        };
+        if missing == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sub.abort();
+    let mut ev_hist = histogram();
+    let (mut before_reply, mut missing) = (0u64, 0u64);
+    {
+        let (r, e) = (lock(&replies), lock(&events));
+        for (id, replied) in r.iter() {
+            match e.get(id) {
+                Some(t) if t >= replied => record(&mut ev_hist, *t - *replied),
+                Some(_) => {
+                    before_reply += 1;
+                    record(&mut ev_hist, Duration::ZERO);
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    let allow = Latency::of(&lock(&allow_hist));
+    let ev = Latency::of(&ev_hist);
+    rep.rows.push(Row::plain(
+        "2 activation",
+        &format!("ActivateRoles reply p99 at {rate}/s (open loop)"),
+        stats.latency.p99_ms,
+        "ms",
+        None,
+    ));
+    rep.rows.push(Row::plain(
+        "2 activation",
+        &format!(
+            "reply → CheckAccess ALLOW answer p99 ({} of {} first checks denied)",
+            first_denied.load(Ordering::Relaxed),
+            allow.count
+        ),
+        allow.p99_ms,
+        "ms",
+        Some((
+            format!("≤ {backend_goal_ms} ms"),
+            allow.p99_ms <= backend_goal_ms,
+        )),
+    ));
+    rep.rows.push(Row::plain(
+        "2 activation",
+        &format!(
+            "reply → InstanceActivated at subscriber p99 ({before_reply} of {} before the reply)",
+            ev.count
+        ),
+        ev.p99_ms,
+        "ms",
+        Some((
+            format!("≤ {backend_goal_ms} ms"),
+            ev.p99_ms <= backend_goal_ms && missing == 0,
+        )),
+    ));
+    rep.details.insert(
+        "activation_to_effect".into(),
+        json!({
+            "rate": rate,
+            "activate": run_json(&stats),
+            "reply_to_allow": allow,
+            "allow_not_seen_within_5s": allow_fail.load(Ordering::Relaxed),
+            "first_check_after_reply_denied": first_denied.load(Ordering::Relaxed),
+            "reply_to_event": ev,
+            "events_before_reply": before_reply,
+            "events_missing": missing,
+        }),
+    );
+    rep.check(&[&stats]);
+    if missing > 0 || allow_fail.load(Ordering::Relaxed) > 0 {
+        rep.failures.push(format!(
+            "activation: {missing} events missing, {} never allowed",
+            allow_fail.load(Ordering::Relaxed)
+        ));
+    }
+    Ok(())
+}
+
+/// Workload 3: durable activations per second (each one ActivateRoles, provisioned
+/// before the reply), closed loop.
+pub async fn activation_throughput(
+    c: &Conns,
+    slots: &Slots,
+    k: &Knobs,
+    server: Option<&Proc>,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    let n = k.activation_concurrency;
+    eprintln!("throughput: ActivateRoles, closed loop with {n} in flight");
+    let (c2, slots) = (c.clone(), slots.clone());
+    let stats = loadgen::closed_loop(n, k.warmup, k.duration, server, move |w, _| {
+        let (c, slots) = (c2.clone(), slots.clone());
+        Box::pin(async move {
+            let (who, scope, token) = slots.take().ok_or("out of scopes")?;
+            activate(&c, w, &who, &scope, &token).await.map(|_| ())
+        }) as futures::future::BoxFuture<'static, CallResult>
+    })
+    .await;
+    rep.rows.push(Row::plain(
+        "3 throughput",
+        &format!("durable activations/s ({n} in flight)"),
+        stats.throughput,
+        "/s",
+        Some(("≥ 1,000/s (SQLite)".into(), stats.throughput >= 1000.0)),
+    ));
+    rep.rows.push(Row::plain(
+        "3 throughput",
+        "ActivateRoles latency p99 at saturation",
+        stats.latency.p99_ms,
+        "ms",
+        None,
+    ));
+    rep.details
+        .insert("activation_throughput".into(), run_json(&stats));
+    rep.check(&[&stats]);
+    Ok(())
+}
+
+fn occurred(e: &asg::Event) -> Option<SystemTime> {
+    let t = e.meta.as_ref()?.occurred_at.as_ref()?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(u64::try_from(t.seconds).ok()?, u32::try_from(t.nanos).ok()?),
+    )
+}
+
+/// Workload 5: subscribers of the assignments stream while principals are re-synced at
+/// a constant event rate (delivery time − the event's `occurred_at`), then a subscriber
+/// starting `catch_up_events` behind the head.
+pub async fn streams(
+    c: &Conns,
+    ds: &Dataset,
+    k: &Knobs,
+    server: Option<&Proc>,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    let from = head(c, ds).await?;
+    let subs = k.subscribers;
+    let hist = Arc::new(Mutex::new(histogram()));
+    let received = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    for s in 0..subs {
+        let mut stream = c
+            .events(s)
+            .subscribe_events(req(
+                asg::SubscribeEventsRequest {
+                    after_sequence: from,
+                    event_types: vec!["PrincipalSynced".into()],
+                },
+                &c.admin,
+            ))
+            .await
+            .context("SubscribeEvents")?
+            .into_inner();
+        let (hist, received, mut stop) = (hist.clone(), received.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram();
+            loop {
+                let m = tokio::select! {
+                    m = stream.next() => m,
+                    _ = stop.changed() => break,
+                };
+                let Some(Ok(m)) = m else { break };
+                let now = SystemTime::now();
+                if let Some(t) = m.event.as_ref().and_then(occurred) {
+                    record(&mut local, now.duration_since(t).unwrap_or_default());
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let _ = lock(&hist).add(&local);
+        }));
+    }
+    let batch = k.stream_batch.max(1);
+    let call_rate = k.stream_event_rate / batch as f64;
+    eprintln!(
+        "streams: {subs} subscribers, {} events/s ({call_rate}/s UpsertPrincipals of {batch})",
+        k.stream_event_rate
+    );
+    let names = ds.stream_principals.clone();
+    let c2 = c.clone();
+    let stats = loadgen::open_loop(call_rate, Duration::ZERO, k.duration, server, move |i| {
+        let first = (i as usize * batch) % names.len();
+        let principals = (0..batch)
+            .map(|j| {
+                let id = &names[(first + j) % names.len()];
+                asg::Principal {
+                    id: id.clone(),
+                    r#type: tenure_proto::common::v1::PrincipalType::User.into(),
+                    display_name: format!("Bench {id} v{i}"),
+                    user_principal_name: format!("{id}@bench.test"),
+                    source: "tenure-bench".into(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let mut p = c2.principals(i as usize);
+        let r = req(
+            asg::UpsertPrincipalsRequest {
+                principals,
+                request_id: String::new(),
+            },
+            &c2.admin,
+        );
+        Box::pin(async move {
+            p.upsert_principals(r)
+                .await
+                .map(|_| ())
+                .map_err(|e| kind(&e))
+        }) as futures::future::BoxFuture<'static, CallResult>
+    })
+    .await;
+    let expected = stats.ok * batch as u64 * subs as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(());
+    for t in tasks {
+        let _ = t.await;
+    }
+    let got = received.load(Ordering::Relaxed);
+    let lat = Latency::of(&lock(&hist));
+
+    // Catch-up: a subscriber `catch_up_events` behind the head.
+    let top = head(c, ds).await?;
+    let behind = k.catch_up_events.min(top);
+    let t = Instant::now();
+    let mut stream = c
+        .events(0)
+        .subscribe_events(req(
+            asg::SubscribeEventsRequest {
+                after_sequence: top - behind,
+                event_types: vec![],
+            },
+            &c.admin,
+        ))
+        .await
+        .context("SubscribeEvents (catch-up)")?
+        .into_inner();
+    let mut n = 0i64;
+    let mut caught = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+        n += 1;
+        if m.event
+            .and_then(|e| e.meta)
+            .is_some_and(|m| m.sequence >= top)
+        {
+            caught = Some(t.elapsed());
+            break;
+        }
+    }
+    drop(stream);
+    let catch_up_s = caught.map(|d| d.as_secs_f64());
+
+    rep.rows.push(Row::plain(
+        "5 streams",
+        &format!(
+            "occurred_at → delivery p99, {subs} subscribers, {} events/s",
+            k.stream_event_rate
+        ),
+        lat.p99_ms,
+        "ms",
+        Some(("≤ 20 ms".into(), lat.p99_ms <= 20.0 && got >= expected)),
+    ));
+    rep.rows.push(Row::plain(
+        "5 streams",
+        &format!("catch-up from {behind} events behind"),
+        catch_up_s.unwrap_or(f64::NAN) * 1000.0,
+        "ms",
+        Some(("≤ 1,000 ms".into(), catch_up_s.is_some_and(|s| s <= 1.0))),
+    ));
+    rep.details.insert(
+        "streams".into(),
+        json!({
+            "subscribers": subs,
+            "event_rate": k.stream_event_rate,
+            "batch": batch,
+            "writer": run_json(&stats),
+            "deliveries_expected": expected,
+            "deliveries_received": got,
+            "delivery": lat,
+            "catch_up_events": behind,
+            "catch_up_received": n,
+            "catch_up_s": catch_up_s,
+        }),
+    );
+    rep.check(&[&stats]);
+    if got < expected {
+        rep.failures
+            .push(format!("streams: {got} of {expected} deliveries received"));
+    }
+    if catch_up_s.is_none() {
+        rep.failures
+            .push("streams: the catch-up subscriber never reached the head".into());
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -147,9 +147,24 @@ struct Key {
     alg: Algorithm,
 }
 
-/// Validates bearer tokens against a pinned key set.
+/// How many verified tokens a verifier remembers.
+const VERIFIED_CACHE_SIZE: usize = 4096;
+
+/// A verified token and the window (seconds, leeway applied) in which it stays valid.
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    valid_from: i64,
+    valid_until: i64,
+}
+
+/// Validates bearer tokens against a pinned key set. Verified tokens are remembered
+/// (keyed by the exact token) with their validity window, so a client reusing its token
+/// costs a map lookup instead of a signature check; every lookup still checks `exp` and
+/// `nbf` against the clock. Only successes are remembered.
 #[derive(Clone)]
 pub struct Verifier {
+    verified: Arc<std::sync::RwLock<HashMap<Arc<str>, Verified>>>,
     keys: Arc<HashMap<String, Key>>,
     issuer: String,
     audience: String,
@@ -210,6 +225,7 @@ impl Verifier {
         }
         anyhow::ensure!(!keys.is_empty(), "the key set holds no usable signing key");
         Ok(Self {
+            verified: Arc::new(std::sync::RwLock::new(HashMap::new())),
             keys: Arc::new(keys),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -245,6 +261,37 @@ impl Verifier {
 
     /// Verifies `token` and returns the caller it authenticates.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let now = self.clock.now().timestamp();
+        if let Ok(cache) = self.verified.read()
+            && let Some(v) = cache.get(token)
+            && now >= v.valid_from
+            && now < v.valid_until
+        {
+            return Ok(v.caller.clone());
+        }
+        let (caller, valid_from, valid_until) = self.verify_uncached(token)?;
+        if let Ok(mut cache) = self.verified.write() {
+            if cache.len() >= VERIFIED_CACHE_SIZE {
+                // Forget expired entries first; if that frees nothing, start over.
+                cache.retain(|_, v| v.valid_until > now);
+                if cache.len() >= VERIFIED_CACHE_SIZE {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                caller.token.clone(),
+                Verified {
+                    caller: caller.clone(),
+                    valid_from,
+                    valid_until,
+                },
+            );
+        }
+        Ok(caller)
+    }
+
+    /// The full check, and the window (seconds) in which its answer holds.
+    fn verify_uncached(&self, token: &str) -> Result<(Caller, i64, i64), AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed);
         }
@@ -305,12 +352,18 @@ impl Verifier {
         {
             return Err(AuthError::NotYetValid);
         }
-        Ok(Caller {
-            principal_id: sub,
-            mfa: c.amr.iter().any(|m| m == "mfa"),
-            auth_time: c.auth_time.and_then(|t| DateTime::from_timestamp(t, 0)),
-            token: Arc::from(token),
-        })
+        let valid_from = c.nbf.map_or(i64::MIN, |n| n.saturating_sub(self.leeway));
+        let valid_until = exp.saturating_add(self.leeway);
+        Ok((
+            Caller {
+                principal_id: sub,
+                mfa: c.amr.iter().any(|m| m == "mfa"),
+                auth_time: c.auth_time.and_then(|t| DateTime::from_timestamp(t, 0)),
+                token: Arc::from(token),
+            },
+            valid_from,
+            valid_until,
+        ))
     }
 }
 

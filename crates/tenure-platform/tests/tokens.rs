@@ -311,3 +311,30 @@ fn the_dev_issuer_mints_tokens_its_verifier_accepts_and_keeps_its_key() {
     let again = DevIssuer::load_or_create(dir.path(), clock).unwrap();
     assert!(again.verifier(30).unwrap().verify(&token).is_ok());
 }
+
+#[test]
+fn a_remembered_token_still_expires_at_the_leeway_boundary() {
+    let f = fixture();
+    let mut c = claims();
+    c["exp"] = json!(NOW + 60);
+    let token = sign(&f, &header(), &c);
+    // verified once (and remembered), then again from memory
+    assert!(f.verifier.verify(&token).is_ok());
+    assert!(f.verifier.verify(&token).is_ok());
+    f.clock
+        .set(DateTime::from_timestamp(NOW + 60 + LEEWAY - 1, 0).unwrap());
+    assert!(f.verifier.verify(&token).is_ok());
+    f.clock.advance(TimeDelta::seconds(1));
+    assert_eq!(
+        f.verifier.verify(&token),
+        Err(AuthError::Expired),
+        "memory never outlives exp + leeway"
+    );
+    // and a tampered copy of a remembered token is still refused
+    f.clock.set(DateTime::from_timestamp(NOW, 0).unwrap());
+    let good = sign(&f, &header(), &claims());
+    assert!(f.verifier.verify(&good).is_ok());
+    let mut bad = good.clone();
+    bad.pop();
+    assert!(f.verifier.verify(&bad).is_err());
+}

@@ -334,7 +334,7 @@ fn a_remembered_token_still_expires_at_the_leeway_boundary() {
     f.clock.set(DateTime::from_timestamp(NOW, 0).unwrap());
     let good = sign(&f, &header(), &claims());
     assert!(f.verifier.verify(&good).is_ok());
-    let mut bad = good.clone();
+    let mut bad = good;
     bad.pop();
     assert!(f.verifier.verify(&bad).is_err());
 }

@@ -501,6 +501,19 @@ async fn ferrys_approved_activation_is_audited_mailed_and_frequent_activation_al
     // A restart loses and duplicates nothing: every source event is in the trail
     // once, and no e-mail or webhook call is sent twice.
     let before = all_audit(&h).await;
+    // Let the delivery outbox drain first (deliveries still in flight would otherwise
+    // arrive after the restart and look like resends): both receivers quiet for 300 ms.
+    let mut quiet = 0;
+    let mut last_counts = (usize::MAX, usize::MAX);
+    for _ in 0..200 {
+        let counts = (smtp.received().len(), hooks.received().len());
+        quiet = if counts == last_counts { quiet + 1 } else { 0 };
+        last_counts = counts;
+        if quiet >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mails_before = smtp.received().len();
     let hooks_before = hooks.received().len();
     h.restart().await;

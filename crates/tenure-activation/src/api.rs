@@ -15,6 +15,7 @@ pub struct ActivationApi {
     pub engine: Arc<Engine>,
 }
 
+/// At most once per request id (see `tenure_platform::idempotency::once`).
 async fn idempotent<R, F, Fut>(
     engine: &Engine,
     method: &str,
@@ -27,32 +28,8 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<R, tenure_platform::ApiError>>,
 {
-    if let Some(done) = tenure_platform::idempotency::replay::<R>(
-        &engine.db,
-        crate::PREFIX,
-        method,
-        request_id,
-        who,
-    )
-    .await?
-    {
-        return Ok(done);
-    }
-    let r = run().await?;
-    if !request_id.is_empty() {
-        let mut uow = engine.log.begin().await?;
-        tenure_platform::idempotency::remember(
-            &mut uow,
-            crate::PREFIX,
-            method,
-            request_id,
-            who,
-            &r,
-        )
-        .await?;
-        uow.commit().await?;
-    }
-    Ok(r)
+    tenure_platform::idempotency::once(&engine.log, crate::PREFIX, method, request_id, who, run)
+        .await
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tenure_platform::auth::ServiceToken;
-use tenure_platform::grpc::{from_status, inject_trace};
+use tenure_platform::grpc::from_status;
 use tenure_platform::{ApiError, ApiResult};
 use tenure_proto::assignments::v1 as asg;
 use tonic::Request;
@@ -21,14 +21,7 @@ pub struct Assignments {
 }
 
 fn request<T>(token: &str, msg: T) -> ApiResult<Request<T>> {
-    let mut r = Request::new(msg);
-    r.set_timeout(DEADLINE);
-    inject_trace(&mut r);
-    let v = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| ApiError::Unauthenticated("the token is not valid metadata".into()))?;
-    r.metadata_mut().insert("authorization", v);
-    Ok(r)
+    tenure_platform::grpc::outgoing(token, msg, DEADLINE)
 }
 
 impl Assignments {
@@ -56,23 +49,8 @@ impl Assignments {
         permission: &str,
         scope: &str,
     ) -> ApiResult<bool> {
-        let mut c = asg::access_service_client::AccessServiceClient::new(self.channel.clone());
-        let r = request(
-            token,
-            asg::CheckAccessRequest {
-                principal_id: principal_id.to_owned(),
-                target: Some(asg::check_access_request::Target::Permission(
-                    permission.to_owned(),
-                )),
-                scope_id: scope.to_owned(),
-                ..Default::default()
-            },
-        )?;
-        match c.check_access(r).await {
-            Ok(resp) => Ok(resp.into_inner().allowed),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
-            Err(s) => Err(from_status(&s)),
-        }
+        tenure_platform::grpc::has_permission(&self.channel, token, principal_id, permission, scope)
+            .await
     }
 
     /// Every role definition (as Tenure's service).

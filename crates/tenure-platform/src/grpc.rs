@@ -534,3 +534,50 @@ macro_rules! grpc_event_source {
         };
     };
 }
+
+/// A request to another context: `token` as the bearer token, the current trace
+/// context, and a deadline.
+pub fn outgoing<T>(
+    token: &str,
+    msg: T,
+    deadline: std::time::Duration,
+) -> crate::ApiResult<Request<T>> {
+    let mut r = Request::new(msg);
+    r.set_timeout(deadline);
+    inject_trace(&mut r);
+    let v = MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| ApiError::Unauthenticated("the token is not valid metadata".into()))?;
+    r.metadata_mut().insert("authorization", v);
+    Ok(r)
+}
+
+/// Whether `principal_id` holds `permission` at `scope` now, asked of the assignments
+/// context over `channel` with the caller's own token (a principal may always ask about
+/// itself). An unknown principal holds nothing.
+pub async fn has_permission(
+    channel: &tonic::transport::Channel,
+    token: &str,
+    principal_id: &str,
+    permission: &str,
+    scope: &str,
+) -> crate::ApiResult<bool> {
+    use tenure_proto::assignments::v1 as asg;
+    let mut c = asg::access_service_client::AccessServiceClient::new(channel.clone());
+    let r = outgoing(
+        token,
+        asg::CheckAccessRequest {
+            principal_id: principal_id.to_owned(),
+            target: Some(asg::check_access_request::Target::Permission(
+                permission.to_owned(),
+            )),
+            scope_id: scope.to_owned(),
+            ..Default::default()
+        },
+        std::time::Duration::from_secs(5),
+    )?;
+    match c.check_access(r).await {
+        Ok(resp) => Ok(resp.into_inner().allowed),
+        Err(s) if s.code() == Code::NotFound => Ok(false),
+        Err(s) => Err(from_status(&s)),
+    }
+}

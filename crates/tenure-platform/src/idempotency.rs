@@ -105,3 +105,33 @@ pub async fn remember<E: EventEnvelope, R: prost::Message>(
     })?;
     Ok(())
 }
+
+/// Runs a mutation at most once per `request_id`: a retry gets the stored response.
+/// For operations whose own changes commit inside `run` (in units of work of their own),
+/// the response is recorded right after; a crash between the two lets a retry run again,
+/// which those operations answer from their state (for example "already decided").
+pub async fn once<E, R, F, Fut>(
+    log: &crate::events::EventLog<E>,
+    prefix: &str,
+    method: &str,
+    request_id: &str,
+    caller: &str,
+    run: F,
+) -> ApiResult<R>
+where
+    E: EventEnvelope,
+    R: prost::Message + Default,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<R>>,
+{
+    if let Some(done) = replay::<R>(log.db(), prefix, method, request_id, caller).await? {
+        return Ok(done);
+    }
+    let r = run().await?;
+    if !request_id.is_empty() {
+        let mut uow = log.begin().await?;
+        remember(&mut uow, prefix, method, request_id, caller, &r).await?;
+        uow.commit().await?;
+    }
+    Ok(r)
+}

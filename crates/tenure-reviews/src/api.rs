@@ -18,44 +18,21 @@ pub struct ReviewsApi {
 }
 
 /// Runs `run` once per (`method`, `request_id`): a retry gets the first response back.
+/// At most once per request id (see `tenure_platform::idempotency::once`).
 async fn idempotent<R, F, Fut>(
     engine: &Engine,
     method: &str,
     request_id: &str,
     who: &str,
     run: F,
-) -> Result<R, ApiError>
+) -> Result<R, tenure_platform::ApiError>
 where
     R: prost::Message + Default,
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<R, ApiError>>,
+    Fut: std::future::Future<Output = Result<R, tenure_platform::ApiError>>,
 {
-    if let Some(done) = tenure_platform::idempotency::replay::<R>(
-        &engine.db,
-        crate::PREFIX,
-        method,
-        request_id,
-        who,
-    )
-    .await?
-    {
-        return Ok(done);
-    }
-    let r = run().await?;
-    if !request_id.is_empty() {
-        let mut uow = engine.log.begin().await?;
-        tenure_platform::idempotency::remember(
-            &mut uow,
-            crate::PREFIX,
-            method,
-            request_id,
-            who,
-            &r,
-        )
-        .await?;
-        uow.commit().await?;
-    }
-    Ok(r)
+    tenure_platform::idempotency::once(&engine.log, crate::PREFIX, method, request_id, who, run)
+        .await
 }
 
 type Rpc<T> = Result<Response<T>, Status>;

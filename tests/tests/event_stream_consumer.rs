@@ -179,3 +179,111 @@ async fn consumer_survives_producer_and_consumer_restarts_without_loss_or_duplic
     .unwrap();
     assert_eq!(cursor, base + 40);
 }
+
+/// Records each event in a table with no key, so handling an event twice would show.
+struct RecordAll(&'static str);
+
+impl EventHandler<asg::Event, ntf::Event> for RecordAll {
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut UnitOfWork<ntf::Event>,
+        event: &'a asg::Event,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let m = event.meta.as_ref().unwrap();
+            sqlx::query("INSERT INTO seen_all (sequence, replica) VALUES ($1, $2)")
+                .bind(m.sequence)
+                .bind(self.0)
+                .execute(&mut **uow.tx())
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_of_one_consumer_handle_each_event_once() {
+    let producer_db = TestDb::new().await.unwrap();
+    let producer_dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        "127.0.0.1:0".parse().unwrap(),
+        producer_dir.path(),
+        &producer_db.url,
+    );
+    let server = TestServer::start(cfg, Arc::new(SystemClock)).await.unwrap();
+    let issuer = tenure_platform::auth::DevIssuer::load_or_create(
+        &producer_dir.path().join("dev-issuer"),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let token = tenure_platform::auth::ServiceToken::dev(issuer, "tenure-system");
+
+    // One consuming database; each replica has its own pool and log handle, as two
+    // processes would.
+    let consumer_db = TestDb::new().await.unwrap();
+    let first = consumer_db.connect().await.unwrap();
+    first
+        .migrate(vec![
+            MigrationSpec::event_log(400_000, "notifications", first.backend()),
+            MigrationSpec::new(
+                499_999,
+                "test table",
+                "CREATE TABLE seen_all (sequence BIGINT NOT NULL, replica TEXT NOT NULL)",
+            ),
+        ])
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for replica in ["a", "b"] {
+        let db = consumer_db.connect().await.unwrap();
+        let log = EventLog::<ntf::Event>::open(db, Arc::new(SystemClock), "notifications")
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let c = Consumer {
+            name: "assignments".to_owned(),
+            log,
+            source: Arc::new(AssignmentsSource {
+                channel: server.channel(),
+                token: token.clone(),
+            }),
+            handler: Arc::new(RecordAll(replica)),
+        };
+        runs.push((tokio::spawn(c.run(stop.clone())), stop));
+    }
+
+    let base = server.contexts.assignments.as_ref().unwrap().log.head();
+    produce(&server, 1, 150).await;
+    let want = base + 150;
+    let mut done = false;
+    for _ in 0..800 {
+        let c: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT sequence) FROM seen_all")
+            .fetch_one(first.reader())
+            .await
+            .unwrap();
+        if c >= want {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(done, "the replicas did not handle all {want} events");
+    for (task, stop) in runs {
+        stop.cancel();
+        task.await.unwrap();
+    }
+    server.stop().await.unwrap();
+
+    let dupes: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT sequence, COUNT(*) FROM seen_all GROUP BY sequence HAVING COUNT(*) > 1",
+    )
+    .fetch_all(first.reader())
+    .await
+    .unwrap();
+    assert!(dupes.is_empty(), "events handled twice: {dupes:?}");
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seen_all")
+        .fetch_one(first.reader())
+        .await
+        .unwrap();
+    assert_eq!(total, want, "each event exactly once across both replicas");
+}

@@ -2,7 +2,9 @@
 //! handler inside a transaction of the consuming context that also moves the consumer's
 //! cursor. What the handler did and the cursor commit together, so each event takes
 //! effect exactly once however often the consumer crashes, restarts or reconnects
-//! (effectively once; delivery itself is at least once).
+//! (effectively once; delivery itself is at least once). Several replicas may run the
+//! same consumer against one database: each event's cursor move is claimed, under the
+//! cursor row's lock, before the handler runs, so exactly one replica handles it.
 //!
 //! The consumer reconnects with exponential backoff (100 ms doubling to 10 s, with
 //! jitter) and resumes after its stored cursor. A gap in the sequence (which a correct
@@ -19,7 +21,7 @@ use tenure_proto::EventEnvelope;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-use crate::events::{EventLog, UnitOfWork, load_cursor, store_cursor};
+use crate::events::{EventLog, UnitOfWork, claim_cursor, load_cursor};
 
 /// Where a consumer reads events from (usually another context's gRPC `EventsService`).
 pub trait EventSource<E>: Send + Sync + 'static {
@@ -110,8 +112,14 @@ where
                 )));
             }
             let mut uow = self.log.begin().await?;
+            if !claim_cursor(uow.tx(), self.log.prefix(), &self.name, cursor, seq).await? {
+                // Another replica of this consumer handled it: skip to where it is.
+                uow.rollback().await?;
+                cursor = self.cursor().await?;
+                tracing::debug!(source = %self.name, cursor, "another replica moved the cursor");
+                continue;
+            }
             self.handler.handle(&mut uow, &event).await?;
-            store_cursor(uow.tx(), self.log.prefix(), &self.name, seq).await?;
             uow.commit().await?;
             cursor = seq;
         }

@@ -578,21 +578,29 @@ pub async fn load_cursor(db: &Db, prefix: &str, source: &str) -> Result<i64, Api
     Ok(v.unwrap_or(0))
 }
 
-/// Stores the cursor of `source` inside the consumer's transaction, so the cursor moves
-/// exactly when what was done with the event commits.
-pub async fn store_cursor(
+/// Moves the cursor of `source` from `from` to `to` inside the consumer's transaction, so
+/// the cursor moves exactly when what was done with the event commits. Returns false,
+/// changing nothing, when the stored cursor is not `from`: another replica running the
+/// same consumer got there first. Called before the handler runs, it also takes the
+/// cursor row's lock, so replicas racing for one event queue behind the first, and each
+/// of the others finds the cursor moved and skips the event (effectively once across
+/// replicas, not only across restarts).
+pub async fn claim_cursor(
     tx: &mut Transaction<'static, Any>,
     prefix: &str,
     source: &str,
-    sequence: i64,
-) -> Result<(), ApiError> {
-    sqlx::query(&format!(
+    from: i64,
+    to: i64,
+) -> Result<bool, ApiError> {
+    let done = sqlx::query(&format!(
         "INSERT INTO {prefix}_cursors (source, last_sequence) VALUES ($1, $2) \
-         ON CONFLICT (source) DO UPDATE SET last_sequence = excluded.last_sequence"
+         ON CONFLICT (source) DO UPDATE SET last_sequence = excluded.last_sequence \
+         WHERE {prefix}_cursors.last_sequence = $3"
     ))
     .bind(source)
-    .bind(sequence)
+    .bind(to)
+    .bind(from)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }

@@ -153,6 +153,18 @@ impl Core {
         *self.applied.borrow()
     }
 
+    /// Waits until this replica's model has applied everything committed to the database
+    /// before the call, by any replica (one read of the log's head row). The server runs
+    /// it before every mutating call of this context (see
+    /// `tenure_platform::grpc::SyncWritesLayer`); CheckAccess runs it on request.
+    pub async fn sync(&self) -> ApiResult<()> {
+        let head = self.log.committed_head().await?;
+        if head > self.applied() {
+            self.wait_applied(head, Duration::from_secs(5)).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until the model has applied `sequence` (at most `timeout`).
     pub async fn wait_applied(&self, sequence: i64, timeout: Duration) -> ApiResult<()> {
         let mut rx = self.applied.subscribe();

@@ -67,6 +67,10 @@ impl AssignmentsContext {
             .await
             .map_err(|e| anyhow::anyhow!("seeding the catalogue: {e}"))?;
         tokio::spawn(expiry::run(core.clone(), stop.clone()));
+        {
+            let core = core.clone();
+            log.spawn_waker(stop, move || core.expiry_wake.notify_one());
+        }
         Ok(Self { core, log })
     }
 

@@ -162,6 +162,10 @@ impl NotificationsContext {
             .run(stop.clone()),
         );
         tokio::spawn(timers::run(engine.clone(), stop.clone()));
+        {
+            let engine = engine.clone();
+            log.spawn_waker(stop, move || engine.timer_wake.notify_one());
+        }
         let loader = engine.clone();
         let stop2 = stop.clone();
         tokio::spawn(async move {

@@ -207,10 +207,49 @@ impl<E: EventEnvelope> EventLog<E> {
         *self.inner.head.borrow()
     }
 
+    /// The last sequence committed to the database by any process (one read of the head
+    /// row): what a fully consistent read must have applied before it answers.
+    pub async fn committed_head(&self) -> Result<i64, ApiError> {
+        let head: i64 = sqlx::query_scalar(&format!(
+            "SELECT last_sequence FROM {}_event_head WHERE id = 1",
+            self.inner.prefix
+        ))
+        .fetch_one(self.inner.db.reader())
+        .await?;
+        Ok(head)
+    }
+
     /// Waits until the head reaches `sequence` (for tests and read-your-writes).
     pub async fn wait_for(&self, sequence: i64) {
         let mut rx = self.inner.head.subscribe();
         let _ = rx.wait_for(|h| *h >= sequence).await;
+    }
+
+    /// Calls `wake` whenever the head moves, whoever committed: this process or, through
+    /// the tailer, another replica. Timers use it to re-arm when another replica has
+    /// changed what is due, so a replica that dies leaves its due work to the others at
+    /// once rather than at a safety-net poll.
+    pub fn spawn_waker(
+        &self,
+        stop: &CancellationToken,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let log = self.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rx = log.inner.head.subscribe();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+                wake();
+            }
+        })
     }
 
     /// Starts a unit of work: a write transaction whose events are appended on commit.

@@ -253,6 +253,116 @@ where
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Writes see every commit.
+
+/// Waits until this replica has caught up with the database; see [`SyncWritesLayer`].
+pub type SyncFn =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
+
+/// A tower layer for a context whose replicas answer from an in-memory projection: before
+/// a mutating call of `package` (every method not named Get…, List…, Check…, Subscribe…,
+/// Explain…, Export…, Query… or Verify…) runs, it awaits `sync`, which returns once this
+/// replica has applied everything committed to the database by any replica. So a write's
+/// validation and authorization never read a projection older than the last commit
+/// (a principal created through one replica can be assigned through another at once, and
+/// a Privileged Role Administrator removed on one replica cannot configure through
+/// another). Reads stay on the fast path unless they ask for full consistency.
+#[derive(Clone)]
+pub struct SyncWritesLayer {
+    prefix: String,
+    sync: SyncFn,
+}
+
+impl SyncWritesLayer {
+    /// For the methods of `package` (for example "tenure.assignments.v1").
+    pub fn new(package: &str, sync: SyncFn) -> Self {
+        Self {
+            prefix: format!("/{package}."),
+            sync,
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncWritesLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncWritesLayer")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> tower::Layer<S> for SyncWritesLayer {
+    type Service = SyncWritesService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SyncWritesService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`SyncWritesLayer`].
+#[derive(Clone, Debug)]
+pub struct SyncWritesService<S> {
+    inner: S,
+    layer: SyncWritesLayer,
+}
+
+/// Whether `path` (`/package.Service/Method`) names a mutating method of `prefix`.
+pub fn is_write(prefix: &str, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return false;
+    };
+    let method = rest.rsplit('/').next().unwrap_or("");
+    const READS: [&str; 8] = [
+        "Get",
+        "List",
+        "Check",
+        "Subscribe",
+        "Explain",
+        "Export",
+        "Query",
+        "Verify",
+    ];
+    !method.is_empty() && !READS.iter().any(|r| method.starts_with(r))
+}
+
+impl<S, B> tower::Service<http::Request<B>> for SyncWritesService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if !is_write(&self.layer.prefix, req.uri().path()) {
+            return Box::pin(self.inner.call(req));
+        }
+        // The ready service goes into the future; a fresh clone stays for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let sync = (self.layer.sync)();
+        Box::pin(async move {
+            if let Err(e) = sync.await {
+                return Ok(Status::from(e).into_http());
+            }
+            inner.call(req).await
+        })
+    }
+}
+
 /// A client interceptor for calls to other contexts: sends the current trace context and
 /// a bearer token (the originating caller's, or the service's own for background work).
 #[derive(Clone, Default)]

@@ -76,6 +76,10 @@ impl ReviewsContext {
         let client = clients::Assignments::new(assignments.clone(), service_token.clone());
         let engine = engine::Engine::new(db, log.clone(), clock, client);
         tokio::spawn(timers::run(engine.clone(), stop.clone()));
+        {
+            let engine = engine.clone();
+            log.spawn_waker(stop, move || engine.timer_wake.notify_one());
+        }
         if let Err(e) = service_token.get() {
             tracing::warn!(error = %e, "no service token: the reviews context cannot follow the assignments stream");
         }

@@ -281,6 +281,23 @@ impl App {
         routes.add_service(reflection_v1);
         routes.add_service(reflection_v1alpha);
 
+        // Mutations of the assignments context validate against a model that has applied
+        // every commit, whichever replica made it.
+        let sync_writes = {
+            let core = self.contexts.assignments.as_ref().map(|c| c.core.clone());
+            tenure_platform::grpc::SyncWritesLayer::new(
+                "tenure.assignments.v1",
+                Arc::new(move || {
+                    let core = core.clone();
+                    Box::pin(async move {
+                        match core {
+                            Some(c) => c.sync().await,
+                            None => Ok(()),
+                        }
+                    })
+                }),
+            )
+        };
         let limits = &self.config.limits;
         let drain = CancellationToken::new();
         let drain_signal = drain.clone();
@@ -293,6 +310,7 @@ impl App {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(TraceLayer)
+            .layer(sync_writes)
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
                 // TCP_NODELAY on every accepted socket: the builder's setting only applies to

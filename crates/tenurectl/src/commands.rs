@@ -698,6 +698,8 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
             scope_id: a.scope,
             at_time: at.map(to_proto),
             min_sequence: 0,
+            // a person asking wants the answer of record, whichever replica answers
+            consistency: asg::Consistency::Full.into(),
         })
         .await?
         .into_inner();

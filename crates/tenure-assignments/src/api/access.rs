@@ -98,6 +98,11 @@ impl AccessApi {
             },
         };
         v.check(r.min_sequence < 0, "min_sequence", "must not be negative");
+        v.check(
+            pb::Consistency::try_from(r.consistency).is_err(),
+            "consistency",
+            "is not a known consistency",
+        );
         v.finish()?;
         let Some(target) = target else {
             return Err(ApiError::invalid("target", "set role_id or permission"));
@@ -107,7 +112,10 @@ impl AccessApi {
                 "asking about another principal needs the permission tenure/access/check",
             ));
         }
-        if r.min_sequence > 0 {
+        if r.consistency() == pb::Consistency::Full {
+            self.core.sync().await?;
+        }
+        if r.min_sequence > self.core.applied() {
             self.core
                 .wait_applied(r.min_sequence, Duration::from_secs(5))
                 .await?;

@@ -1,0 +1,229 @@
+//! A split deployment of real `tenure` processes for tests: each node is the binary
+//! started with `--config` naming its contexts and the addresses of its peers, all on one
+//! database. Nodes can be killed with SIGKILL, as a crashed pod would be.
+//!
+//! The binary is the workspace's `target/<profile>/tenure`, which `cargo test --workspace`
+//! builds before any test runs (the tenure-server crate's own tests need it).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenure_platform::auth::DevIssuer;
+use tenure_platform::clock::SystemClock;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// The `tenure` binary next to the running test executable.
+pub fn tenure_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/tenure
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(format!("tenure{}", std::env::consts::EXE_SUFFIX)))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p tenure-server`) first",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port (bound and released; good enough for tests on one machine).
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// One `tenure serve` process.
+pub struct Node {
+    /// Its name in the test, for example "activation-2".
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// A channel to the node.
+    pub fn channel(&self) -> Channel {
+        crate::channel_to(self.addr)
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no flush, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// What one node serves and whom it calls.
+pub struct NodeSpec<'a> {
+    /// Its name in the test.
+    pub name: &'a str,
+    /// `contexts` (comma-separated).
+    pub contexts: &'a str,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The peers: (context, address) for every context it does not serve.
+    pub peers: Vec<(&'a str, SocketAddr)>,
+}
+
+/// Several nodes on one database, sharing one data directory (for the development
+/// issuer's key, so tokens minted by the test are accepted by every node).
+pub struct Cluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<Node>,
+    /// The shared data directory.
+    pub dir: tempfile::TempDir,
+    database_url: String,
+    issuer: DevIssuer,
+}
+
+impl Cluster {
+    /// An empty cluster over `database_url`.
+    pub fn new(database_url: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let issuer =
+            DevIssuer::load_or_create(&dir.path().join("dev-issuer"), Arc::new(SystemClock))
+                .expect("dev issuer key");
+        Self {
+            nodes: Vec::new(),
+            dir,
+            database_url: database_url.to_owned(),
+            issuer,
+        }
+    }
+
+    /// A development token for `subject`.
+    pub fn token(&self, subject: &str, mfa: bool) -> String {
+        self.issuer
+            .mint(subject, mfa, chrono::TimeDelta::hours(1))
+            .expect("token")
+    }
+
+    /// `msg` with a bearer token for `subject`.
+    pub fn req<T>(&self, subject: &str, mfa: bool, msg: T) -> tonic::Request<T> {
+        crate::harness::authed(msg, &self.token(subject, mfa))
+    }
+
+    /// Starts a node and waits until it serves health.
+    pub async fn start(&mut self, spec: NodeSpec<'_>) -> &Node {
+        let mut toml = format!(
+            "listen = \"{}\"\ndata_dir = \"{}\"\ndatabase_url = \"{}\"\ncontexts = \"{}\"\n[peers]\n",
+            spec.addr,
+            self.dir.path().display(),
+            self.database_url,
+            spec.contexts
+        );
+        for (ctx, addr) in &spec.peers {
+            toml.push_str(&format!("{ctx} = \"http://{addr}\"\n"));
+        }
+        let config = self.dir.path().join(format!("{}.toml", spec.name));
+        std::fs::write(&config, toml).expect("config written");
+        let log = self.dir.path().join(format!("{}.log", spec.name));
+        let child = Command::new(tenure_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .env_remove("TENURE_DATABASE_URL")
+            .env_remove("TENURE_DATA_DIR")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("tenure started");
+        let mut node = Node {
+            name: spec.name.to_owned(),
+            addr: spec.addr,
+            child: Some(child),
+            log,
+        };
+        let stdout = node
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            line
+        })
+        .await
+        .expect("reader");
+        assert!(
+            line.starts_with("tenure listening on"),
+            "{} did not start: {line:?}\n{}",
+            spec.name,
+            tail(&node.log)
+        );
+        let mut health = HealthClient::new(node.channel());
+        let mut serving = false;
+        for _ in 0..200 {
+            if let Ok(r) = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                && r.into_inner().status() == ServingStatus::Serving
+            {
+                serving = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(serving, "{} never served\n{}", spec.name, tail(&node.log));
+        self.nodes.push(node);
+        self.nodes.last().expect("just pushed")
+    }
+
+    /// The node called `name`.
+    pub fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// A channel to the node called `name`.
+    pub fn channel(&self, name: &str) -> Channel {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+            .channel()
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        for n in &mut self.nodes {
+            if panicking {
+                eprintln!("---- log of {} ----\n{}", n.name, tail(&n.log));
+            }
+            n.kill9();
+        }
+    }
+}

@@ -50,6 +50,7 @@ pub struct Node {
     pub addr: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl Node {
@@ -137,59 +138,25 @@ impl Cluster {
         let config = self.dir.path().join(format!("{}.toml", spec.name));
         std::fs::write(&config, toml).expect("config written");
         let log = self.dir.path().join(format!("{}.log", spec.name));
-        let child = Command::new(tenure_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .env_remove("TENURE_DATABASE_URL")
-            .env_remove("TENURE_DATA_DIR")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("tenure started");
-        let mut node = Node {
-            name: spec.name.to_owned(),
-            addr: spec.addr,
-            child: Some(child),
-            log,
-        };
-        let stdout = node
-            .child
-            .as_mut()
-            .and_then(|c| c.stdout.take())
-            .expect("stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            line
-        })
-        .await
-        .expect("reader");
-        assert!(
-            line.starts_with("tenure listening on"),
-            "{} did not start: {line:?}\n{}",
-            spec.name,
-            tail(&node.log)
-        );
-        let mut health = HealthClient::new(node.channel());
-        let mut serving = false;
-        for _ in 0..200 {
-            if let Ok(r) = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                && r.into_inner().status() == ServingStatus::Serving
-            {
-                serving = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(serving, "{} never served\n{}", spec.name, tail(&node.log));
+        let node = spawn(spec.name, spec.addr, config, log).await;
         self.nodes.push(node);
         self.nodes.last().expect("just pushed")
+    }
+
+    /// Starts the node called `name` again (killing it first if it runs), on the same
+    /// address and configuration, and waits until it serves health.
+    pub async fn restart(&mut self, name: &str) {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"));
+        self.nodes[i].kill9();
+        let (addr, config, log) = {
+            let n = &self.nodes[i];
+            (n.addr, n.config.clone(), n.log.clone())
+        };
+        self.nodes[i] = spawn(name, addr, config, log).await;
     }
 
     /// The node called `name`.
@@ -208,6 +175,66 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {name}"))
             .channel()
     }
+}
+
+async fn spawn(name: &str, addr: SocketAddr, config: PathBuf, log: PathBuf) -> Node {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
+    let child = Command::new(tenure_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .env_remove("TENURE_DATABASE_URL")
+        .env_remove("TENURE_DATA_DIR")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("tenure started");
+    let mut node = Node {
+        name: name.to_owned(),
+        addr,
+        child: Some(child),
+        log,
+        config,
+    };
+    let stdout = node
+        .child
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        line
+    })
+    .await
+    .expect("reader");
+    assert!(
+        line.starts_with("tenure listening on"),
+        "{name} did not start: {line:?}\n{}",
+        tail(&node.log)
+    );
+    let mut health = HealthClient::new(node.channel());
+    let mut serving = false;
+    for _ in 0..200 {
+        if let Ok(r) = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            && r.into_inner().status() == ServingStatus::Serving
+        {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(serving, "{name} never served\n{}", tail(&node.log));
+    node
 }
 
 fn tail(log: &Path) -> String {

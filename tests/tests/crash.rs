@@ -1,0 +1,391 @@
+//! Crashes: the real `tenure` process (all contexts) runs a mixed workload — approval-free
+//! activations, activations approved by an approver, early deactivations — and is killed
+//! with SIGKILL at a random moment, several times, on SQLite and on PostgreSQL. After
+//! every restart:
+//! * each context's event log is gapless and its head row matches it;
+//! * every committed activation request has its `RequestCreated` event, and every
+//!   provisioned instance its `InstanceActivated` event;
+//! * a subscriber reading a stream from the start sees 1..head without gaps;
+//! * the consumers catch up, each event audited once (one audit entry per event, so the
+//!   audit count equals the cursor);
+//! * no request is stuck: nothing stays GRANTED (approved, to be provisioned);
+//! * nothing is granted past its end: every provisioned request's instance ends when
+//!   the request says.
+//!
+//! Bounded for CI: `TENURE_CRASH_CYCLES` (default 4) kills; a longer run is
+//! `TENURE_CRASH_CYCLES=50 cargo test -p tenure-e2e --test crash -- --nocapture`.
+//! Expiries are covered with moved time in-process (tests/tests/restart.rs); real
+//! processes keep real time, and the shortest window is 5 minutes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use rand::Rng as _;
+use tenure_e2e::cluster::{Cluster, NodeSpec, free_port};
+use tenure_e2e::harness::approval_by;
+use tenure_platform::db::Db;
+use tenure_platform::testing::TestDb;
+use tenure_proto::activation::v1 as act;
+use tenure_proto::assignments::v1 as asg;
+use tenure_proto::common::v1::{AssignmentType, PrincipalType};
+use tonic::transport::Channel;
+
+const ADMIN: &str = "admin";
+const QUICK: &str = "security-reader";
+const APPROVED: &str = "billing-administrator";
+const PER_CYCLE: usize = 8;
+
+type ActivationClient = act::activation_service_client::ActivationServiceClient<Channel>;
+
+fn item(role: &str) -> act::ActivationItem {
+    act::ActivationItem {
+        role_id: role.into(),
+        scope_id: "/".into(),
+        justification: "crash test".into(),
+        ..Default::default()
+    }
+}
+
+async fn setup(c: &Cluster, cycles: usize) {
+    let ch = c.channel("all");
+    let mut people = vec!["approver".to_owned()];
+    people.extend((0..cycles * PER_CYCLE).map(|i| format!("w{i:03}")));
+    asg::principals_service_client::PrincipalsServiceClient::new(ch.clone())
+        .upsert_principals(
+            c.req(
+                ADMIN,
+                true,
+                asg::UpsertPrincipalsRequest {
+                    principals: people
+                        .iter()
+                        .map(|id| asg::Principal {
+                            id: id.clone(),
+                            r#type: PrincipalType::User.into(),
+                            display_name: id.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    request_id: String::new(),
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let settings = asg::role_settings_service_client::RoleSettingsServiceClient::new(ch.clone());
+    for (role, a) in [
+        (
+            QUICK,
+            asg::ActivationSettings {
+                require_mfa: Some(false),
+                require_approval: Some(false),
+                ..Default::default()
+            },
+        ),
+        (APPROVED, approval_by(&["approver"])),
+    ] {
+        settings
+            .clone()
+            .update_role_settings(c.req(
+                ADMIN,
+                true,
+                asg::UpdateRoleSettingsRequest {
+                    role_settings: Some(asg::RoleSettings {
+                        role_id: role.into(),
+                        activation: Some(a),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["activation".into()],
+                    }),
+                    request_id: String::new(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let assignments = asg::assignments_service_client::AssignmentsServiceClient::new(ch);
+    for who in &people[1..] {
+        for role in [QUICK, APPROVED] {
+            assignments
+                .clone()
+                .create_assignment(c.req(
+                    ADMIN,
+                    true,
+                    asg::CreateAssignmentRequest {
+                        assignment_type: AssignmentType::Eligible.into(),
+                        principal_id: who.clone(),
+                        role_id: role.into(),
+                        scope_id: "/".into(),
+                        justification: "crash test".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// One user's share of the workload; errors are expected once the server is killed.
+fn with_token<T>(token: &str, msg: T) -> tonic::Request<T> {
+    tenure_e2e::harness::authed(msg, token)
+}
+
+async fn work(c: ActivationClient, tokens: (String, String), who: String) {
+    let (mine, approver) = tokens;
+    let mut c = c;
+    let quick = c
+        .activate_roles(with_token(
+            &mine,
+            act::ActivateRolesRequest {
+                items: vec![item(QUICK)],
+                request_id: format!("quick-{who}"),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let pending = c
+        .activate_roles(with_token(
+            &mine,
+            act::ActivateRolesRequest {
+                items: vec![item(APPROVED)],
+                request_id: format!("approved-{who}"),
+                ..Default::default()
+            },
+        ))
+        .await;
+    if let Ok(p) = pending
+        && let Some(r) = p
+            .into_inner()
+            .results
+            .first()
+            .and_then(|r| r.request.clone())
+    {
+        let _ = c
+            .approve_request(with_token(
+                &approver,
+                act::ApproveRequestRequest {
+                    id: r.id,
+                    justification: "ok".into(),
+                    request_id: String::new(),
+                },
+            ))
+            .await;
+    }
+    if let Ok(q) = quick
+        && let Some(r) = q
+            .into_inner()
+            .results
+            .first()
+            .and_then(|r| r.request.clone())
+    {
+        let _ = c
+            .deactivate_role(with_token(
+                &mine,
+                act::DeactivateRoleRequest {
+                    activation_request_id: r.id,
+                    ..Default::default()
+                },
+            ))
+            .await;
+    }
+}
+
+async fn scalar(db: &Db, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(db.reader())
+        .await
+        .unwrap()
+}
+
+async fn check_logs_gapless(db: &Db) {
+    for ctx in ["assignments", "activation", "reviews", "notifications"] {
+        let head = scalar(
+            db,
+            &format!("SELECT last_sequence FROM {ctx}_event_head WHERE id = 1"),
+        )
+        .await;
+        let count = scalar(db, &format!("SELECT COUNT(*) FROM {ctx}_events")).await;
+        let max = scalar(
+            db,
+            &format!("SELECT COALESCE(MAX(sequence), 0) FROM {ctx}_events"),
+        )
+        .await;
+        assert_eq!(
+            (count, max),
+            (head, head),
+            "{ctx} log gapless and its head row right"
+        );
+    }
+}
+
+async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 20 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within {secs} s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let cycles: usize = std::env::var("TENURE_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let db = TestDb::new().await.unwrap();
+    let mut c = Cluster::new(&db.url);
+    c.start(NodeSpec {
+        name: "all",
+        contexts: "all",
+        addr: free_port(),
+        peers: vec![],
+    })
+    .await;
+    setup(&c, cycles).await;
+    let pg = db.connect().await.unwrap();
+    let mut rng = rand::thread_rng();
+
+    for cycle in 0..cycles {
+        let client = ActivationClient::new(c.channel("all"));
+        let approver = c.token("approver", false);
+        let mut load = tokio::task::JoinSet::new();
+        for k in 0..PER_CYCLE {
+            let who = format!("w{:03}", cycle * PER_CYCLE + k);
+            let tokens = (c.token(&who, false), approver.clone());
+            load.spawn(work(client.clone(), tokens, who));
+        }
+        let after = rng.gen_range(10..250);
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        c.node("all").kill9();
+        while load.join_next().await.is_some() {}
+        c.restart("all").await;
+
+        // Committed means evented, and the logs are gapless.
+        check_logs_gapless(&pg).await;
+        let requests = scalar(&pg, "SELECT COUNT(*) FROM activation_requests").await;
+        let created = scalar(
+            &pg,
+            "SELECT COUNT(DISTINCT subject) FROM activation_events WHERE event_type LIKE '%RequestCreated'",
+        )
+        .await;
+        assert_eq!(
+            requests, created,
+            "cycle {cycle}: every request has its RequestCreated"
+        );
+        let instances = scalar(&pg, "SELECT COUNT(*) FROM assignments_activations").await;
+        let activated = scalar(
+            &pg,
+            "SELECT COUNT(*) FROM assignments_events WHERE event_type LIKE '%InstanceActivated'",
+        )
+        .await;
+        assert_eq!(
+            instances, activated,
+            "cycle {cycle}: every instance has its event, once"
+        );
+
+        // A subscriber from the start sees every sequence once, in order.
+        let head = scalar(
+            &pg,
+            "SELECT last_sequence FROM activation_event_head WHERE id = 1",
+        )
+        .await;
+        let mut events = act::events_service_client::EventsServiceClient::new(c.channel("all"))
+            .subscribe_events(c.req(ADMIN, false, act::SubscribeEventsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut expect = 1;
+        while expect <= head {
+            let e = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("stream stalled")
+                .expect("stream ended")
+                .unwrap();
+            assert_eq!(
+                e.event.unwrap().meta.unwrap().sequence,
+                expect,
+                "cycle {cycle}: no gap, no repeat"
+            );
+            expect += 1;
+        }
+        drop(events);
+
+        // Nothing stuck: approved requests get provisioned after the restart.
+        let granted = act::RequestStatus::Granted as i64;
+        eventually(
+            30,
+            &format!("cycle {cycle}: no request left GRANTED"),
+            || {
+                let pg = pg.clone();
+                async move {
+                    scalar(
+                        &pg,
+                        &format!(
+                            "SELECT COUNT(*) FROM activation_requests WHERE status = {granted}"
+                        ),
+                    )
+                    .await
+                        == 0
+                }
+            },
+        )
+        .await;
+        // The consumers catch up, and audit each event once.
+        eventually(30, &format!("cycle {cycle}: audit caught up"), || {
+            let pg = pg.clone();
+            async move {
+                let head = scalar(&pg, "SELECT last_sequence FROM activation_event_head WHERE id = 1").await;
+                let cursor = scalar(
+                    &pg,
+                    "SELECT COALESCE(MAX(last_sequence), 0) FROM notifications_cursors WHERE source = 'activation'",
+                )
+                .await;
+                let audited = scalar(
+                    &pg,
+                    "SELECT COUNT(*) FROM notifications_audit WHERE source_context = 'activation'",
+                )
+                .await;
+                cursor == head && audited == head
+            }
+        })
+        .await;
+        // No activation outlives its request's end: each instance ends at or before it.
+        let late = scalar(
+            &pg,
+            "SELECT COUNT(*) FROM assignments_activations a WHERE a.ended_at IS NOT NULL AND a.ended_at > a.end_at",
+        )
+        .await;
+        assert_eq!(late, 0, "cycle {cycle}: an instance ended after its end");
+        eprintln!(
+            "crash: cycle {cycle} killed after {after} ms; {requests} requests, {instances} instances, all consistent"
+        );
+    }
+    let provisioned = scalar(
+        &pg,
+        &format!(
+            "SELECT COUNT(*) FROM activation_requests WHERE status = {}",
+            act::RequestStatus::Provisioned as i64
+        ),
+    )
+    .await;
+    let ended = scalar(
+        &pg,
+        &format!(
+            "SELECT COUNT(*) FROM activation_requests WHERE status = {}",
+            act::RequestStatus::Ended as i64
+        ),
+    )
+    .await;
+    assert!(
+        provisioned + ended > 0,
+        "the workload did something between the kills"
+    );
+}

@@ -30,6 +30,11 @@ pub struct Config {
     pub contexts: String,
     /// Where the contexts this process does not serve are reached.
     pub peers: Peers,
+    /// This server's own TLS, for deployments without a service mesh.
+    pub tls: TlsConfig,
+    /// TLS of the calls this process makes to other contexts at `https://` addresses
+    /// (and to itself when `tls` is on).
+    pub peers_tls: PeersTlsConfig,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
     /// Who may call, and how tokens are checked.
@@ -113,6 +118,40 @@ pub struct Peers {
     pub reviews: Option<String>,
     /// The notifications context.
     pub notifications: Option<String>,
+}
+
+/// The server's own TLS (rustls). Off while `cert_file` is unset.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM), leaf first. Turns TLS on.
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to. When set, every
+    /// connection must present a client certificate (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether the server speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// TLS of outgoing calls to other contexts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeersTlsConfig {
+    /// CA certificates (PEM) that peers' server certificates must chain to. Required
+    /// when a peer is an `https://` address or `tls` is on (a process calls the
+    /// contexts it serves itself through its own listener).
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate chain (PEM) presented to peers that require mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 /// Log format.
@@ -246,6 +285,8 @@ impl Default for Config {
             database_url: None,
             contexts: "all".into(),
             peers: Peers::default(),
+            tls: TlsConfig::default(),
+            peers_tls: PeersTlsConfig::default(),
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),
@@ -262,6 +303,8 @@ const SERVER_KEYS: &[&str] = &[
     "database_url",
     "contexts",
     "peers",
+    "tls",
+    "peers_tls",
     "telemetry",
     "auth",
     "limits",
@@ -398,6 +441,7 @@ impl Config {
                 );
             }
         }
+        self.validate_tls(&contexts)?;
         let l = &self.limits;
         anyhow::ensure!(
             l.max_decoding_message_size >= 1024 && l.max_encoding_message_size >= 1024,
@@ -439,6 +483,67 @@ impl Config {
             "notifications.smtp.timeout_secs must be 1 to 300"
         );
         Ok(())
+    }
+
+    fn validate_tls(&self, served: &[&str]) -> anyhow::Result<()> {
+        let (tls, client) = (&self.tls, &self.peers_tls);
+        anyhow::ensure!(
+            tls.cert_file.is_some() == tls.key_file.is_some(),
+            "tls.cert_file and tls.key_file must be set together"
+        );
+        anyhow::ensure!(
+            tls.client_ca_file.is_none() || tls.enabled(),
+            "tls.client_ca_file needs tls.cert_file and tls.key_file"
+        );
+        anyhow::ensure!(
+            client.cert_file.is_some() == client.key_file.is_some(),
+            "peers_tls.cert_file and peers_tls.key_file must be set together"
+        );
+        let https_peers: Vec<&str> = [
+            ("assignments", &self.peers.assignments),
+            ("activation", &self.peers.activation),
+            ("reviews", &self.peers.reviews),
+            ("notifications", &self.peers.notifications),
+        ]
+        .into_iter()
+        .filter(|(name, url)| {
+            !served.contains(name) && url.as_deref().is_some_and(|u| u.starts_with("https://"))
+        })
+        .map(|(name, _)| name)
+        .collect();
+        if let Some(name) = https_peers.first() {
+            anyhow::ensure!(
+                client.ca_file.is_some(),
+                "peers.{name} is an https:// address: set peers_tls.ca_file to the CA that signs the peers' certificates"
+            );
+        }
+        if tls.enabled() && !self.self_called_contexts(served).is_empty() {
+            anyhow::ensure!(
+                client.ca_file.is_some(),
+                "with tls on, this process calls the contexts it serves through its own TLS listener: set peers_tls.ca_file to the CA that signs tls.cert_file"
+            );
+            anyhow::ensure!(
+                tls.client_ca_file.is_none() || client.cert_file.is_some(),
+                "with tls.client_ca_file set, this process needs a client certificate to call the contexts it serves: set peers_tls.cert_file and peers_tls.key_file"
+            );
+        }
+        Ok(())
+    }
+
+    /// The contexts served here that other contexts served here call (through this
+    /// process's own listener).
+    pub fn self_called_contexts(&self, served: &[&str]) -> Vec<&'static str> {
+        let mut called: Vec<&'static str> = Vec::new();
+        if served.contains(&"activation") || served.contains(&"reviews") {
+            called.push("assignments");
+        }
+        if served.contains(&"notifications") {
+            called.extend(["assignments", "activation", "reviews"]);
+        }
+        called.sort_unstable();
+        called.dedup();
+        called.retain(|c| served.contains(c));
+        called
     }
 
     /// The contexts this process serves, validated.
@@ -537,6 +642,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.notifications.smtp.port, 2525);
+    }
+
+    #[test]
+    fn tls_settings_are_checked_together() {
+        let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        assert!(err("[tls]\ncert_file = \"c.pem\"\n").contains("tls.key_file"));
+        assert!(err("[tls]\nclient_ca_file = \"ca.pem\"\n").contains("tls.client_ca_file"));
+        assert!(err("[peers_tls]\nkey_file = \"k.pem\"\n").contains("peers_tls.cert_file"));
+        // An https:// peer needs the CA to check it by.
+        let split = "contexts = \"activation\"\n[peers]\nassignments = \"https://a:1\"\nreviews = \"http://r:1\"\nnotifications = \"http://n:1\"\n";
+        assert!(err(split).contains("peers_tls.ca_file"));
+        assert!(Config::from_toml(&format!("{split}[peers_tls]\nca_file = \"ca.pem\"\n")).is_ok());
+        // With TLS on, the embedded process calls itself over TLS, so it needs the CA,
+        // and a client certificate when client certificates are required.
+        let embedded =
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\n";
+        assert!(err(embedded).contains("peers_tls.ca_file"));
+        let with_ca = format!("{embedded}[peers_tls]\nca_file = \"ca.pem\"\n");
+        assert!(err(&with_ca).contains("peers_tls.cert_file"));
+        assert!(
+            Config::from_toml(&format!(
+                "{with_ca}cert_file = \"cc.pem\"\nkey_file = \"ck.pem\"\n"
+            ))
+            .is_ok()
+        );
+        // Assignments alone calls nobody.
+        assert!(
+            Config::from_toml(&format!("contexts = \"assignments\"\n[peers]\nactivation = \"http://a:1\"\nreviews = \"http://r:1\"\nnotifications = \"http://n:1\"\n{embedded}"))
+                .is_ok()
+        );
     }
 
     #[test]

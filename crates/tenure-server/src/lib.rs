@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod devauth;
+mod tls;
 
 pub use devauth::DevAuthApi;
 
@@ -42,6 +43,7 @@ pub struct App {
     /// The development issuer, when enabled.
     pub dev_issuer: Option<DevIssuer>,
     auth: Authenticator,
+    tls: tls::Tls,
     background: CancellationToken,
 }
 
@@ -55,6 +57,8 @@ impl App {
         self_addr: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        // TLS files are read and checked before anything else starts.
+        let tls = tls::Tls::load(&config)?;
         if config.dev_issuer_enabled() && config.auth.bootstrap_principal.is_none() {
             // With the development issuer anyone on this machine can mint any token
             // already; naming the first administrator "admin" takes nothing away and lets
@@ -116,22 +120,33 @@ impl App {
             } else {
                 self_addr
             };
-            format!("http://{host}")
+            let scheme = if config.tls.enabled() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}")
         };
         let peer = |name: &str,
                     configured: &Option<String>|
          -> anyhow::Result<tonic::transport::Channel> {
-            let url = if served.contains(&name) {
+            let local = served.contains(&name);
+            let url = if local {
                 own.clone()
             } else {
                 configured.clone().unwrap_or_else(|| own.clone())
             };
-            Ok(tonic::transport::Channel::from_shared(url)?
+            let mut endpoint = tonic::transport::Channel::from_shared(url.clone())?
                 .connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-                .connect_lazy())
+                .keep_alive_while_idle(true);
+            if let Some(client) = tls.for_peer(&url, local)? {
+                endpoint = endpoint
+                    .tls_config(client)
+                    .with_context(|| format!("TLS for {name} at {url}"))?;
+            }
+            Ok(endpoint.connect_lazy())
         };
 
         let background = CancellationToken::new();
@@ -203,6 +218,7 @@ impl App {
             contexts,
             dev_issuer,
             auth: Authenticator::new(verifiers),
+            tls,
             background,
         })
     }
@@ -301,7 +317,11 @@ impl App {
         let limits = &self.config.limits;
         let drain = CancellationToken::new();
         let drain_signal = drain.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(server_tls) = self.tls.server.clone() {
+            builder = builder.tls_config(server_tls).context("tls")?;
+        }
+        let server = builder
             .tcp_nodelay(true)
             .timeout(Duration::from_millis(limits.request_timeout_ms))
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
@@ -321,7 +341,7 @@ impl App {
             );
 
         let contexts: Vec<&str> = self.config.context_list()?;
-        tracing::info!(%addr, contexts = %contexts.join(","), backend = ?self.db.backend(), "tenure listening");
+        tracing::info!(%addr, contexts = %contexts.join(","), backend = ?self.db.backend(), tls = self.tls.server.is_some(), mutual_tls = self.config.tls.client_ca_file.is_some(), "tenure listening");
 
         let reporter = health_reporter.clone();
         let shutdown_task = tokio::spawn(async move {

@@ -54,9 +54,10 @@ struct Args {
     /// Tiny sizes, about a second per workload: checks the harness works (CI), not timings.
     #[arg(long)]
     smoke: bool,
-    /// Workloads to run, comma-separated: access, activation, throughput, streams,
-    /// restart (cold start and memory; only when the harness starts the server).
-    #[arg(long, default_value = "access,activation,throughput,streams,restart")]
+    /// Workloads to run, comma-separated: access, overload (CheckAccess at 3x its
+    /// saturation; runs access first), activation, throughput, streams, restart (cold
+    /// start and memory; only when the harness starts the server).
+    #[arg(long, default_value = "access,overload,activation,throughput,streams,restart")]
     workloads: String,
     /// Principals of the access data set (one in ten is a group).
     #[arg(long, default_value_t = 10_000)]
@@ -441,8 +442,11 @@ async fn measure(
         catch_up_events: args.catch_up,
     };
     let p = proc.as_ref();
-    if want("access") {
-        workloads::access(&c, &ds, &knobs, p, rep).await?;
+    if want("access") || want("overload") {
+        let saturation = workloads::access(&c, &ds, &knobs, p, rep).await?;
+        if want("overload") {
+            workloads::overload(&c, &ds, &knobs, p, rep, saturation).await?;
+        }
     }
     if want("activation") || want("throughput") {
         let tokens = c.tokens(&ds.activators).await?;

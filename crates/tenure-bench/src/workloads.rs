@@ -138,7 +138,7 @@ pub async fn access(
     k: &Knobs,
     server: Option<&Proc>,
     rep: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     let rate = k.access_rate;
     eprintln!("access: health check, open loop at {rate}/s");
     let h_open = loadgen::open_loop(rate, k.warmup, k.duration, server, health_call(c)).await;
@@ -192,6 +192,84 @@ pub async fn access(
         }),
     );
     rep.check(&[&h_open, &c_open, &h_sat, &c_sat]);
+    Ok(c_sat.throughput)
+}
+
+/// Overload (issue 10): CheckAccess open loop at three times the saturation rate just
+/// measured. What is admitted should keep its latency (excess is refused fast with
+/// RESOURCE_EXHAUSTED rather than queued) and the server's memory should stay bounded.
+pub async fn overload(
+    c: &Conns,
+    ds: &Dataset,
+    k: &Knobs,
+    server: Option<&Proc>,
+    rep: &mut Report,
+    saturation: f64,
+) -> anyhow::Result<()> {
+    let rate = (3.0 * saturation).max(1.0);
+    eprintln!("overload: CheckAccess open loop at {rate:.0}/s (3x saturation)");
+    let rss0 = server.and_then(Proc::rss_mib);
+    let base = loadgen::open_loop(
+        k.access_rate.min(saturation / 2.0).max(1.0),
+        k.warmup,
+        k.duration,
+        server,
+        check_call(c, ds, Arc::new(AtomicU64::new(0))),
+    )
+    .await;
+    let over = loadgen::open_loop(
+        rate,
+        k.warmup,
+        k.duration,
+        server,
+        check_call(c, ds, Arc::new(AtomicU64::new(0))),
+    )
+    .await;
+    let rss1 = server.and_then(Proc::rss_mib);
+    let refused: u64 = over.errors.values().sum();
+    let sent = over.ok + refused + over.dropped;
+    rep.rows.push(Row::latency(
+        "10 overload",
+        &format!("CheckAccess admitted p99 at 3x saturation ({rate:.0}/s offered)"),
+        &over,
+        &base,
+        None,
+    ));
+    rep.rows.push(Row::plain(
+        "10 overload",
+        &format!(
+            "share admitted at 3x saturation (refused: {}; not sent by the generator: {})",
+            over.errors
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            over.dropped
+        ),
+        over.ok as f64 / sent.max(1) as f64 * 100.0,
+        "%",
+        None,
+    ));
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        rep.rows.push(Row::plain(
+            "10 overload",
+            "server RSS growth over the overload run",
+            b - a,
+            "MiB",
+            None,
+        ));
+    }
+    rep.details.insert(
+        "overload".into(),
+        json!({
+            "saturation": saturation,
+            "offered_rate": rate,
+            "baseline_half_saturation": run_json(&base),
+            "overload": run_json(&over),
+            "rss_before_mib": rss0,
+            "rss_after_mib": rss1,
+        }),
+    );
     Ok(())
 }
 

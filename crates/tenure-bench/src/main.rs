@@ -57,7 +57,10 @@ struct Args {
     /// Workloads to run, comma-separated: access, overload (CheckAccess at 3x its
     /// saturation; runs access first), activation, throughput, streams, restart (cold
     /// start and memory; only when the harness starts the server).
-    #[arg(long, default_value = "access,overload,activation,throughput,streams,restart")]
+    #[arg(
+        long,
+        default_value = "access,overload,activation,throughput,streams,restart"
+    )]
     workloads: String,
     /// Principals of the access data set (one in ten is a group).
     #[arg(long, default_value_t = 10_000)]

@@ -111,12 +111,50 @@ pub async fn connect(server: &str) -> anyhow::Result<Channel> {
     } else {
         format!("http://{server}")
     };
-    Channel::from_shared(url.clone())
+    let mut endpoint = Channel::from_shared(url.clone())
         .with_context(|| format!("{server:?} is not a server address"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tls_from_env()?)
+            .context("TLS settings")?;
+    }
+    endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach Tenure at {url}; is `tenure serve` running?"))
+}
+
+/// TLS for an `https://` server: the CA that signed the server's certificate from
+/// `TENURE_CA_FILE` (PEM; unset: the system's usual public roots), and for servers that
+/// require mutual TLS a client certificate and key from `TENURE_CLIENT_CERT_FILE` and
+/// `TENURE_CLIENT_KEY_FILE`.
+fn tls_from_env() -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |var: &str, path: std::ffi::OsString| {
+        std::fs::read(&path).with_context(|| format!("{var}: cannot read {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    match std::env::var_os("TENURE_CA_FILE") {
+        Some(p) => tls = tls.ca_certificate(Certificate::from_pem(read("TENURE_CA_FILE", p)?)),
+        None => tls = tls.with_webpki_roots(),
+    }
+    match (
+        std::env::var_os("TENURE_CLIENT_CERT_FILE"),
+        std::env::var_os("TENURE_CLIENT_KEY_FILE"),
+    ) {
+        (Some(c), Some(k)) => {
+            tls = tls.identity(Identity::from_pem(
+                read("TENURE_CLIENT_CERT_FILE", c)?,
+                read("TENURE_CLIENT_KEY_FILE", k)?,
+            ));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!(
+            "set both TENURE_CLIENT_CERT_FILE and TENURE_CLIENT_KEY_FILE for a client certificate, or neither"
+        ),
+    }
+    Ok(tls)
 }
 
 /// Adds the bearer token to every call.

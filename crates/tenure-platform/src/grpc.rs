@@ -403,6 +403,7 @@ macro_rules! events_service {
                 > {
                     let who = $crate::grpc::caller(&request)?;
                     (self.authorize)(who).await.map_err($crate::grpc::status)?;
+                    let limits = $crate::limits::stream_limits_of(&request);
                     let r = request.into_inner();
                     if r.after_sequence < 0 {
                         return Err($crate::grpc::status($crate::ApiError::invalid(
@@ -418,7 +419,7 @@ macro_rules! events_service {
                         })
                         .map_err($crate::grpc::status)
                     });
-                    Ok(tonic::Response::new(Box::pin(stream)))
+                    Ok(tonic::Response::new($crate::limits::bounded_stream(stream, limits)))
                 }
             }
         };
@@ -437,17 +438,31 @@ pub struct Registry {
     pub auth: Authenticator,
     /// Message-size limits.
     pub limits: crate::config::Limits,
+    /// The per-principal rate limit on mutations, applied to every registered service.
+    pub limiter: Option<crate::limits::MutationLimiter>,
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry (with no rate limit until [`Registry::with_limiter`]).
     pub fn new(auth: Authenticator, limits: crate::config::Limits) -> Self {
         Self {
             routes: tonic::service::RoutesBuilder::default(),
             names: Vec::new(),
             auth,
             limits,
+            limiter: None,
         }
+    }
+
+    /// Applies `limiter` to the services registered from now on.
+    pub fn with_limiter(mut self, limiter: Option<crate::limits::MutationLimiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// How server streams treat consumers that stop reading.
+    pub fn stream_limits(&self) -> crate::limits::StreamLimits {
+        crate::limits::StreamLimits::from_config(&self.limits)
     }
 }
 
@@ -466,9 +481,11 @@ macro_rules! register {
             .max_decoding_message_size(reg.limits.max_decoding_message_size)
             .max_encoding_message_size(reg.limits.max_encoding_message_size);
         reg.names.push($crate::grpc::name_of(&svc));
+        // The authenticator runs first and puts the caller in the request; the rate
+        // limit then counts that caller's mutations.
         reg.routes.add_service(
             $crate::grpc::__reexports::tonic::service::interceptor::InterceptedService::new(
-                svc,
+                $crate::limits::Limited::new(svc, reg.limiter.clone(), reg.stream_limits()),
                 reg.auth.clone(),
             ),
         );

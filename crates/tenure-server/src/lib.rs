@@ -42,6 +42,7 @@ pub struct App {
     /// The development issuer, when enabled.
     pub dev_issuer: Option<DevIssuer>,
     auth: Authenticator,
+    clock: SharedClock,
     background: CancellationToken,
 }
 
@@ -203,6 +204,7 @@ impl App {
             contexts,
             dev_issuer,
             auth: Authenticator::new(verifiers),
+            clock,
             background,
         })
     }
@@ -221,7 +223,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
-        let mut registry = Registry::new(self.auth.clone(), self.config.limits.clone());
+        let limiter = tenure_platform::limits::MutationLimiter::new(
+            self.config.limits.mutations_per_principal_per_sec,
+            self.config.limits.mutations_burst,
+            self.clock.clone(),
+            self.config.auth.service_principals.clone(),
+        );
+        let mut registry =
+            Registry::new(self.auth.clone(), self.config.limits.clone()).with_limiter(limiter);
         let mut logs: Vec<Box<dyn Fn() + Send + Sync>> = Vec::new();
 
         if let Some(c) = &self.contexts.assignments {

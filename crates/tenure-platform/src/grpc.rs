@@ -13,6 +13,12 @@ use crate::auth::{AuthError, Caller, Verifier};
 use crate::error::ApiError;
 use crate::trace::TraceContext;
 
+/// An id quoted in a status message is cut to this many bytes.
+const MAX_ID_IN_MESSAGE: usize = 256;
+
+/// A status message is cut to this many bytes.
+const MAX_MESSAGE: usize = 4096;
+
 /// At most this many field violations are detailed in one status.
 pub const MAX_VIOLATIONS: usize = 20;
 
@@ -53,18 +59,25 @@ pub fn status(err: ApiError) -> Status {
             if more > 0 {
                 msg.push_str(&format!("; and {more} more"));
             }
-            Status::with_error_details(Code::InvalidArgument, truncate(&msg, 4096), details)
+            Status::with_error_details(Code::InvalidArgument, truncate(&msg, MAX_MESSAGE), details)
         }
-        ApiError::NotFound { kind, id } => Status::not_found(format!("{kind} {id:?} not found")),
-        ApiError::AlreadyExists { kind, id } => {
-            Status::already_exists(format!("{kind} {id:?} already exists"))
-        }
-        ApiError::PermissionDenied(m) => Status::permission_denied(m),
-        ApiError::Unauthenticated(m) => Status::unauthenticated(m),
-        ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
-        ApiError::Aborted(m) => Status::aborted(m),
-        ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
-        ApiError::Unavailable(m) => Status::unavailable(m),
+        // Messages travel in a response header: an id or message that echoes the
+        // caller's input is cut short, so a huge id cannot make a header no client
+        // accepts (HTTP/2 clients refuse header lists over 16 KiB by default).
+        ApiError::NotFound { kind, id } => Status::not_found(format!(
+            "{kind} {:?} not found",
+            truncate(&id, MAX_ID_IN_MESSAGE)
+        )),
+        ApiError::AlreadyExists { kind, id } => Status::already_exists(format!(
+            "{kind} {:?} already exists",
+            truncate(&id, MAX_ID_IN_MESSAGE)
+        )),
+        ApiError::PermissionDenied(m) => Status::permission_denied(truncate(&m, MAX_MESSAGE)),
+        ApiError::Unauthenticated(m) => Status::unauthenticated(truncate(&m, MAX_MESSAGE)),
+        ApiError::FailedPrecondition(m) => Status::failed_precondition(truncate(&m, MAX_MESSAGE)),
+        ApiError::Aborted(m) => Status::aborted(truncate(&m, MAX_MESSAGE)),
+        ApiError::ResourceExhausted(m) => Status::resource_exhausted(truncate(&m, MAX_MESSAGE)),
+        ApiError::Unavailable(m) => Status::unavailable(truncate(&m, MAX_MESSAGE)),
         ApiError::Internal(cause) => {
             let id = uuid::Uuid::new_v4();
             tracing::error!(error_id = %id, error = format!("{cause:#}"), "internal error");
@@ -347,6 +360,18 @@ mod tests {
                 .len(),
             MAX_VIOLATIONS
         );
+    }
+
+    #[test]
+    fn a_huge_id_makes_a_short_message() {
+        let s = status(ApiError::NotFound {
+            kind: "webhook",
+            id: "x".repeat(200_000),
+        });
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().len() < 400, "{}", s.message().len());
+        let s = status(ApiError::denied("y".repeat(100_000)));
+        assert!(s.message().len() <= MAX_MESSAGE + 4);
     }
 
     #[test]

@@ -175,8 +175,10 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, futures::future::Ready<Result<S::Response, S::Error>>>;
+    type Future = futures::future::Either<
+        futures::future::Map<S::Future, DecodeErrorFix<S::Error>>,
+        futures::future::Ready<Result<S::Response, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -190,8 +192,35 @@ where
         {
             return futures::future::Either::Right(futures::future::ready(Ok(status.into_http())));
         }
-        futures::future::Either::Left(self.inner.call(req))
+        futures::future::Either::Left(futures::FutureExt::map(
+            self.inner.call(req),
+            invalid_argument_for_undecodable_requests::<S::Error>,
+        ))
     }
+}
+
+type DecodeErrorFix<E> = fn(
+    Result<http::Response<tonic::body::Body>, E>,
+) -> Result<http::Response<tonic::body::Body>, E>;
+
+/// tonic answers a request body that is not a valid protobuf message with INTERNAL (as
+/// gRPC's status table suggests); the fault is the caller's, and Tenure promises that
+/// INTERNAL means a fault of its own. Rewrites that one answer to INVALID_ARGUMENT,
+/// keeping the decoder's message.
+fn invalid_argument_for_undecodable_requests<E>(
+    r: Result<http::Response<tonic::body::Body>, E>,
+) -> Result<http::Response<tonic::body::Body>, E> {
+    let mut response = r?;
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|v| v == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| m.starts_with("failed%20to%20decode%20Protobuf%20message"));
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    Ok(response)
 }
 
 /// How server streams treat consumers that stop reading.

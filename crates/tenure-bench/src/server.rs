@@ -124,6 +124,9 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .env("TENURE_AUTH__BOOTSTRAP_PRINCIPAL", crate::ADMIN)
+            // The data set is loaded by one administrator as fast as the server takes
+            // it; the per-principal mutation limit would turn that into a wait.
+            .env("TENURE_LIMITS__MUTATIONS_PER_PRINCIPAL_PER_SEC", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("TENURE_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

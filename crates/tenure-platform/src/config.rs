@@ -263,6 +263,18 @@ pub struct Limits {
     pub concurrency_per_connection: usize,
     /// Deadline of every unary RPC, milliseconds.
     pub request_timeout_ms: u64,
+    /// Mutations a principal may make per second on average (0: no limit). Reads and
+    /// Tenure's own service principals (`auth.service_principals`) are exempt. Over the
+    /// limit a call gets RESOURCE_EXHAUSTED with a retry hint.
+    pub mutations_per_principal_per_sec: u32,
+    /// Mutations a principal may make at once before the per-second rate applies.
+    pub mutations_burst: u32,
+    /// Messages a server stream (events, alerts, notifications, audit export) buffers
+    /// ahead of its consumer.
+    pub stream_buffer_messages: usize,
+    /// A stream whose buffer stays full this long (its consumer reads nothing) is ended
+    /// with RESOURCE_EXHAUSTED; the consumer resumes from its cursor. Milliseconds.
+    pub slow_consumer_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -273,6 +285,10 @@ impl Default for Limits {
             max_concurrent_streams: 128,
             concurrency_per_connection: 256,
             request_timeout_ms: 10_000,
+            mutations_per_principal_per_sec: 50,
+            mutations_burst: 500,
+            stream_buffer_messages: 1024,
+            slow_consumer_timeout_ms: 30_000,
         }
     }
 }
@@ -461,6 +477,18 @@ impl Config {
         anyhow::ensure!(
             l.request_timeout_ms >= 100,
             "limits.request_timeout_ms must be at least 100"
+        );
+        anyhow::ensure!(
+            l.mutations_per_principal_per_sec == 0 || l.mutations_burst >= 1,
+            "limits.mutations_burst must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&l.stream_buffer_messages),
+            "limits.stream_buffer_messages must be 1 to 1000000"
+        );
+        anyhow::ensure!(
+            l.slow_consumer_timeout_ms >= 100,
+            "limits.slow_consumer_timeout_ms must be at least 100"
         );
         let n = &self.notifications;
         anyhow::ensure!(

@@ -110,9 +110,19 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // PostgreSQL refuses text with a NUL character (SQLite stores it): the caller's
+        // input, not a fault of Tenure's. The transaction is rolled back whole.
+        if let sqlx::Error::Database(db) = &e
+            && db.code().as_deref() == Some(PG_CHARACTER_NOT_IN_REPERTOIRE)
+        {
+            return ApiError::invalid("", "text must not contain NUL characters or invalid UTF-8");
+        }
         ApiError::Internal(anyhow::Error::new(e).context("database"))
     }
 }
+
+/// SQLSTATE 22021: "invalid byte sequence for encoding" (a NUL in text).
+const PG_CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 
 /// Collects field violations while a request is checked, so the client hears of every
 /// bad field at once rather than one per round trip.

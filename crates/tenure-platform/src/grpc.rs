@@ -13,6 +13,12 @@ use crate::auth::{AuthError, Caller, Verifier};
 use crate::error::ApiError;
 use crate::trace::TraceContext;
 
+/// An id quoted in a status message is cut to this many bytes.
+const MAX_ID_IN_MESSAGE: usize = 256;
+
+/// A status message is cut to this many bytes.
+const MAX_MESSAGE: usize = 4096;
+
 /// At most this many field violations are detailed in one status.
 pub const MAX_VIOLATIONS: usize = 20;
 
@@ -53,18 +59,25 @@ pub fn status(err: ApiError) -> Status {
             if more > 0 {
                 msg.push_str(&format!("; and {more} more"));
             }
-            Status::with_error_details(Code::InvalidArgument, truncate(&msg, 4096), details)
+            Status::with_error_details(Code::InvalidArgument, truncate(&msg, MAX_MESSAGE), details)
         }
-        ApiError::NotFound { kind, id } => Status::not_found(format!("{kind} {id:?} not found")),
-        ApiError::AlreadyExists { kind, id } => {
-            Status::already_exists(format!("{kind} {id:?} already exists"))
-        }
-        ApiError::PermissionDenied(m) => Status::permission_denied(m),
-        ApiError::Unauthenticated(m) => Status::unauthenticated(m),
-        ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
-        ApiError::Aborted(m) => Status::aborted(m),
-        ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
-        ApiError::Unavailable(m) => Status::unavailable(m),
+        // Messages travel in a response header: an id or message that echoes the
+        // caller's input is cut short, so a huge id cannot make a header no client
+        // accepts (HTTP/2 clients refuse header lists over 16 KiB by default).
+        ApiError::NotFound { kind, id } => Status::not_found(format!(
+            "{kind} {:?} not found",
+            truncate(&id, MAX_ID_IN_MESSAGE)
+        )),
+        ApiError::AlreadyExists { kind, id } => Status::already_exists(format!(
+            "{kind} {:?} already exists",
+            truncate(&id, MAX_ID_IN_MESSAGE)
+        )),
+        ApiError::PermissionDenied(m) => Status::permission_denied(truncate(&m, MAX_MESSAGE)),
+        ApiError::Unauthenticated(m) => Status::unauthenticated(truncate(&m, MAX_MESSAGE)),
+        ApiError::FailedPrecondition(m) => Status::failed_precondition(truncate(&m, MAX_MESSAGE)),
+        ApiError::Aborted(m) => Status::aborted(truncate(&m, MAX_MESSAGE)),
+        ApiError::ResourceExhausted(m) => Status::resource_exhausted(truncate(&m, MAX_MESSAGE)),
+        ApiError::Unavailable(m) => Status::unavailable(truncate(&m, MAX_MESSAGE)),
         ApiError::Internal(cause) => {
             let id = uuid::Uuid::new_v4();
             tracing::error!(error_id = %id, error = format!("{cause:#}"), "internal error");
@@ -460,6 +473,18 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_id_makes_a_short_message() {
+        let s = status(ApiError::NotFound {
+            kind: "webhook",
+            id: "x".repeat(200_000),
+        });
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().len() < 400, "{}", s.message().len());
+        let s = status(ApiError::denied("y".repeat(100_000)));
+        assert!(s.message().len() <= MAX_MESSAGE + 4);
+    }
+
+    #[test]
     fn internal_never_leaks_the_cause() {
         let s = status(ApiError::Internal(anyhow::anyhow!(
             "password=hunter2 at db.example"
@@ -513,6 +538,7 @@ macro_rules! events_service {
                 > {
                     let who = $crate::grpc::caller(&request)?;
                     (self.authorize)(who).await.map_err($crate::grpc::status)?;
+                    let limits = $crate::limits::stream_limits_of(&request);
                     let r = request.into_inner();
                     if r.after_sequence < 0 {
                         return Err($crate::grpc::status($crate::ApiError::invalid(
@@ -528,7 +554,7 @@ macro_rules! events_service {
                         })
                         .map_err($crate::grpc::status)
                     });
-                    Ok(tonic::Response::new(Box::pin(stream)))
+                    Ok(tonic::Response::new($crate::limits::bounded_stream(stream, limits)))
                 }
             }
         };
@@ -547,17 +573,31 @@ pub struct Registry {
     pub auth: Authenticator,
     /// Message-size limits.
     pub limits: crate::config::Limits,
+    /// The per-principal rate limit on mutations, applied to every registered service.
+    pub limiter: Option<crate::limits::MutationLimiter>,
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry (with no rate limit until [`Registry::with_limiter`]).
     pub fn new(auth: Authenticator, limits: crate::config::Limits) -> Self {
         Self {
             routes: tonic::service::RoutesBuilder::default(),
             names: Vec::new(),
             auth,
             limits,
+            limiter: None,
         }
+    }
+
+    /// Applies `limiter` to the services registered from now on.
+    pub fn with_limiter(mut self, limiter: Option<crate::limits::MutationLimiter>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// How server streams treat consumers that stop reading.
+    pub fn stream_limits(&self) -> crate::limits::StreamLimits {
+        crate::limits::StreamLimits::from_config(&self.limits)
     }
 }
 
@@ -576,9 +616,11 @@ macro_rules! register {
             .max_decoding_message_size(reg.limits.max_decoding_message_size)
             .max_encoding_message_size(reg.limits.max_encoding_message_size);
         reg.names.push($crate::grpc::name_of(&svc));
+        // The authenticator runs first and puts the caller in the request; the rate
+        // limit then counts that caller's mutations.
         reg.routes.add_service(
             $crate::grpc::__reexports::tonic::service::interceptor::InterceptedService::new(
-                svc,
+                $crate::limits::Limited::new(svc, reg.limiter.clone(), reg.stream_limits()),
                 reg.auth.clone(),
             ),
         );

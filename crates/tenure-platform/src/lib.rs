@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod idempotency;
+pub mod limits;
 pub mod telemetry;
 pub mod testing;
 pub mod trace;

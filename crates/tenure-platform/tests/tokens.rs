@@ -338,3 +338,98 @@ fn a_remembered_token_still_expires_at_the_leeway_boundary() {
     bad.pop();
     assert!(f.verifier.verify(&bad).is_err());
 }
+
+mod random {
+    //! The token parser never panics and never accepts on random input: random strings,
+    //! and tokens with a random header JSON (algorithms, `kid`, `jku`, `crit`, wrong
+    //! types), random claims and a random signature. PROPTEST_CASES runs it longer.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "\\PC{0,20}".prop_map(Value::from),
+            prop_oneof![
+                Just("none"),
+                Just("HS256"),
+                Just("RS256"),
+                Just("EdDSA"),
+                Just("ES256"),
+                Just(KID),
+                Just(ISS),
+                Just(AUD),
+                Just("JWT"),
+                Just("at+jwt"),
+                Just("http://evil.test/jwks"),
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("alg".to_owned()),
+                        Just("kid".to_owned()),
+                        Just("typ".to_owned()),
+                        Just("jku".to_owned()),
+                        Just("jwk".to_owned()),
+                        Just("x5u".to_owned()),
+                        Just("crit".to_owned()),
+                        Just("sub".to_owned()),
+                        Just("exp".to_owned()),
+                        Just("nbf".to_owned()),
+                        Just("iss".to_owned()),
+                        Just("aud".to_owned()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_strings_are_refused_without_panic(s in "\\PC{0,300}") {
+            let f = fixture();
+            prop_assert!(f.verifier.verify(&s).is_err());
+        }
+
+        #[test]
+        fn random_dotted_parts_are_refused_without_panic(
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..5),
+        ) {
+            let f = fixture();
+            let token = parts.iter().map(|p| b64(p)).collect::<Vec<_>>().join(".");
+            prop_assert!(f.verifier.verify(&token).is_err());
+        }
+
+        #[test]
+        fn random_headers_and_claims_are_refused_without_panic(
+            header in json_value(),
+            claims in json_value(),
+            sig in prop::collection::vec(any::<u8>(), 0..96),
+        ) {
+            let f = fixture();
+            let token = format!(
+                "{}.{}.{}",
+                b64(header.to_string().as_bytes()),
+                b64(claims.to_string().as_bytes()),
+                b64(&sig),
+            );
+            prop_assert!(f.verifier.verify(&token).is_err());
+        }
+    }
+}

@@ -309,7 +309,7 @@ pub fn normalise(def: &mut pb::ReviewDefinition, now: DateTime<Utc>) -> Result<(
                     "is required (at least 1) with several stages",
                 );
             }
-            stage_sum += st.duration_days.max(0);
+            stage_sum = st.duration_days.max(0).saturating_add(stage_sum);
         } else if st.duration_days < 0 {
             v.add(format!("{f}.duration_days"), "must not be negative");
         }

@@ -44,6 +44,7 @@ pub struct App {
     pub dev_issuer: Option<DevIssuer>,
     auth: Authenticator,
     tls: tls::Tls,
+    clock: SharedClock,
     background: CancellationToken,
 }
 
@@ -219,6 +220,7 @@ impl App {
             dev_issuer,
             auth: Authenticator::new(verifiers),
             tls,
+            clock,
             background,
         })
     }
@@ -237,7 +239,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
-        let mut registry = Registry::new(self.auth.clone(), self.config.limits.clone());
+        let limiter = tenure_platform::limits::MutationLimiter::new(
+            self.config.limits.mutations_per_principal_per_sec,
+            self.config.limits.mutations_burst,
+            self.clock.clone(),
+            self.config.auth.service_principals.clone(),
+        );
+        let mut registry =
+            Registry::new(self.auth.clone(), self.config.limits.clone()).with_limiter(limiter);
         let mut logs: Vec<Box<dyn Fn() + Send + Sync>> = Vec::new();
 
         if let Some(c) = &self.contexts.assignments {

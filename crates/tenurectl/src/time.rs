@@ -26,7 +26,9 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
         return Ok(now);
     }
     if let Some(rel) = s.strip_prefix('+') {
-        return Ok(now + parse_duration(rel)?);
+        return now
+            .checked_add_signed(parse_duration(rel)?)
+            .ok_or_else(|| format!("{s:?} is too far in the future"));
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -54,7 +56,11 @@ pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> 
     let lower = s.to_ascii_lowercase();
     for (word, days) in [("today", 0), ("tomorrow", 1)] {
         if let Some(rest) = lower.strip_prefix(word) {
-            let today = now.with_timezone(&Local).date_naive() + TimeDelta::days(days);
+            let today = now
+                .with_timezone(&Local)
+                .date_naive()
+                .checked_add_signed(TimeDelta::days(days))
+                .ok_or_else(|| format!("{s:?} is out of the calendar's range"))?;
             let time = match rest.trim() {
                 "" => NaiveTime::MIN,
                 t => NaiveTime::parse_from_str(t, "%H:%M")
@@ -107,6 +113,44 @@ pub fn dur_proto(d: TimeDelta) -> prost_types::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Anything typed is a duration or a readable refusal, never a panic.
+        // (PROPTEST_CASES=100000 runs longer.)
+        #[test]
+        fn any_text_is_a_duration_or_a_refusal(s in "\\PC{0,40}") {
+            if let Err(e) = parse_duration(&s) {
+                prop_assert!(e.contains("duration") || e.contains("too long"), "{e}");
+            }
+        }
+
+        #[test]
+        fn duration_like_text_never_panics(n in any::<u64>(), unit in "(ns|us|ms|s|m|h|d|w|M|y|x)", sign in "[+-]?") {
+            let _ = parse_duration(&format!("{sign}{n}{unit}"));
+            let _ = parse_time(&format!("+{n}{unit}"), DateTime::<Utc>::MAX_UTC - TimeDelta::days(1));
+        }
+
+        #[test]
+        fn any_text_is_a_time_or_a_refusal(s in "\\PC{0,40}", secs in -100_000_000_000i64..100_000_000_000i64) {
+            let now = DateTime::from_timestamp(secs, 0).unwrap_or_default();
+            if let Err(e) = parse_time(&s, now) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+
+        #[test]
+        fn time_like_text_never_panics(
+            y in -300_000i32..300_000, mo in 0u32..14, d in 0u32..33, h in 0u32..26, mi in 0u32..62,
+            word in "(today|tomorrow|now|\\+)?",
+        ) {
+            let now = DateTime::from_timestamp(1_900_000_000, 0).unwrap();
+            let _ = parse_time(&format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}"), now);
+            let _ = parse_time(&format!("{y}-{mo}-{d} {h}:{mi}:00"), now);
+            let _ = parse_time(&format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:00Z"), now);
+            let _ = parse_time(&format!("{word} {h:02}:{mi:02}"), DateTime::<Utc>::MAX_UTC);
+        }
+    }
 
     #[test]
     fn durations_people_type() {

@@ -362,6 +362,7 @@ impl pb::alerts_service_server::AlertsService for AlertsApi {
         request: Request<pb::SubscribeAlertsRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::SubscribeAlertsResponse>>, Status> {
         let c = caller(&request)?;
+        let limits = tenure_platform::limits::stream_limits_of(&request);
         let r = request.into_inner();
         if r.after_sequence < 0 {
             return Err(status(ApiError::invalid(
@@ -413,6 +414,8 @@ impl pb::alerts_service_server::AlertsService for AlertsApi {
                     }))
                 }
             });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(tenure_platform::limits::bounded_stream(
+            stream, limits,
+        )))
     }
 }

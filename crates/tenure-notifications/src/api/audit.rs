@@ -444,6 +444,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
         request: Request<pb::ExportAuditRequest>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::ExportAuditResponse>>, Status> {
         let c = caller(&request)?;
+        let limits = tenure_platform::limits::stream_limits_of(&request);
         let f = request.into_inner().filter.unwrap_or_default();
         let w = build_filter(&f, &c.principal_id).map_err(status)?;
         authorize(&self.engine, &c, &f).await.map_err(status)?;
@@ -482,9 +483,10 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 yield pb::ExportAuditResponse { csv_chunk: buf, row_count: rows };
             }
         };
-        Ok(Response::new(Box::pin(stream.map(
-            |r: ApiResult<pb::ExportAuditResponse>| r.map_err(status),
-        ))))
+        Ok(Response::new(tenure_platform::limits::bounded_stream(
+            stream.map(|r: ApiResult<pb::ExportAuditResponse>| r.map_err(status)),
+            limits,
+        )))
     }
 
     async fn verify_audit_chain(

@@ -1050,6 +1050,7 @@ impl pb::notifications_service_server::NotificationsService for NotificationsApi
     ) -> Result<Response<tonic::codegen::BoxStream<pb::SubscribeNotificationsResponse>>, Status>
     {
         let c = caller(&request)?;
+        let limits = tenure_platform::limits::stream_limits_of(&request);
         let r = request.into_inner();
         let mut v = Violations::new();
         v.check(
@@ -1103,6 +1104,8 @@ impl pb::notifications_service_server::NotificationsService for NotificationsApi
                     }))
                 }
             });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(tenure_platform::limits::bounded_stream(
+            stream, limits,
+        )))
     }
 }

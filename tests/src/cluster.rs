@@ -94,6 +94,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     database_url: String,
     issuer: DevIssuer,
+    /// TOML tables appended to every node's configuration (for example `[limits]`).
+    pub extra_toml: String,
 }
 
 impl Cluster {
@@ -108,6 +110,7 @@ impl Cluster {
             dir,
             database_url: database_url.to_owned(),
             issuer,
+            extra_toml: String::new(),
         }
     }
 
@@ -135,6 +138,7 @@ impl Cluster {
         for (ctx, addr) in &spec.peers {
             toml.push_str(&format!("{ctx} = \"http://{addr}\"\n"));
         }
+        toml.push_str(&self.extra_toml);
         let config = self.dir.path().join(format!("{}.toml", spec.name));
         std::fs::write(&config, toml).expect("config written");
         let log = self.dir.path().join(format!("{}.log", spec.name));

@@ -274,8 +274,8 @@ pub type SyncFn =
     Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
 
 /// A tower layer for a context whose replicas answer from an in-memory projection: before
-/// a mutating call of `package` (every method not named Get…, List…, Check…, Subscribe…,
-/// Explain…, Export…, Query… or Verify…) runs, it awaits `sync`, which returns once this
+/// a mutating call of `package` (every method not named by a read verb:
+/// [`crate::limits::READ_VERBS`]) runs, it awaits `sync`, which returns once this
 /// replica has applied everything committed to the database by any replica. So a write's
 /// validation and authorization never read a projection older than the last commit
 /// (a principal created through one replica can be assigned through another at once, and
@@ -322,23 +322,11 @@ pub struct SyncWritesService<S> {
     layer: SyncWritesLayer,
 }
 
-/// Whether `path` (`/package.Service/Method`) names a mutating method of `prefix`.
+/// Whether `path` (`/package.Service/Method`) names a mutating method of `prefix`
+/// (one whose name is not a read verb: [`crate::limits::READ_VERBS`]).
 pub fn is_write(prefix: &str, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix(prefix) else {
-        return false;
-    };
-    let method = rest.rsplit('/').next().unwrap_or("");
-    const READS: [&str; 8] = [
-        "Get",
-        "List",
-        "Check",
-        "Subscribe",
-        "Explain",
-        "Export",
-        "Query",
-        "Verify",
-    ];
-    !method.is_empty() && !READS.iter().any(|r| method.starts_with(r))
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| !crate::limits::is_read_method(rest))
 }
 
 impl<S, B> tower::Service<http::Request<B>> for SyncWritesService<S>

@@ -384,8 +384,10 @@ impl Config {
         }
         let fig = fig
             .merge(Env::prefixed("TENURE_").split("__").filter(|k| {
+                // The filter sees the key as written (upper case); figment lowercases
+                // only when it emits the keys.
                 let top = k.as_str().split('.').next().unwrap_or_default();
-                SERVER_KEYS.contains(&top)
+                SERVER_KEYS.iter().any(|s| s.eq_ignore_ascii_case(top))
             }))
             .merge(Serialized::defaults(overrides));
         let config: Config = fig
@@ -646,6 +648,19 @@ mod tests {
     fn leeway_over_thirty_seconds_is_refused() {
         let err = Config::from_toml("[auth]\nleeway_secs = 31\n").unwrap_err();
         assert!(err.to_string().contains("leeway"));
+    }
+
+    #[test]
+    fn nested_environment_variables_set_server_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENURE_LIMITS__MUTATIONS_PER_PRINCIPAL_PER_SEC", "0");
+            jail.set_env("TENURE_AUTH__LEEWAY_SECS", "7");
+            jail.set_env("TENURE_CONTEXTS", "all");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.limits.mutations_per_principal_per_sec, 0);
+            assert_eq!(c.auth.leeway_secs, 7);
+            Ok(())
+        });
     }
 
     #[test]

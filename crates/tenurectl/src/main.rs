@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 mod commands;
 mod conn;
+mod dev;
 mod more;
 mod output;
 mod time;
@@ -116,6 +117,9 @@ enum Command {
     /// Event streams.
     #[command(subcommand)]
     Events(commands::EventsCmd),
+    /// Development only: the server's clock (`tenure serve --dev-clock`).
+    #[command(subcommand)]
+    Dev(dev::DevCmd),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  tenurectl completions bash > /etc/bash_completion.d/tenurectl"
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             Command::Alerts(c) => more::alerts(&ctx, c).await,
             Command::Audit(c) => more::audit(&ctx, c).await,
             Command::Events(c) => commands::events(&ctx, c).await,
+            Command::Dev(c) => dev::dev(&ctx, c).await,
             Command::Completions { .. } => Ok(()),
         }
     });

@@ -4,6 +4,7 @@
 // Test support: a broken fixture should fail loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+pub mod binaries;
 pub mod harness;
 pub mod sinks;
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound as _, TimeDelta, Utc};
 use tenure_platform::ApiError;
 use tenure_platform::auth::DevIssuer;
 use tenure_platform::clock::{Clock as _, ManualClock, to_proto};
@@ -90,7 +90,8 @@ impl DevClock {
             Ok(text) => DateTime::parse_from_rfc3339(text.trim())
                 .with_context(|| format!("{} does not hold a time", file.display()))?
                 .with_timezone(&Utc),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => start,
+            // Microseconds, as the database keeps times: a restart resumes exactly here.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => start.trunc_subsecs(6),
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
         std::fs::create_dir_all(data_dir)

@@ -777,6 +777,9 @@ pub enum AdminCmd {
     /// Role settings: show effective (with origin), set organisation defaults, set per role.
     #[command(subcommand)]
     Settings(SettingsCmd),
+    /// Webhooks that notifications and alerts are delivered to: list, add, remove.
+    #[command(subcommand)]
+    Webhooks(crate::more::WebhooksCmd),
 }
 
 /// Principal commands.
@@ -1399,6 +1402,7 @@ pub async fn admin(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        AdminCmd::Webhooks(cmd) => crate::more::webhooks(ctx, cmd).await,
         AdminCmd::Settings(cmd) => {
             let mut c = client!(
                 ctx,

@@ -251,8 +251,26 @@ impl Person {
         self.ok(&args).await;
     }
 
-    /// Runs `tenurectl ARGS` off the async runtime.
+    /// Runs `tenurectl ARGS` off the async runtime (in UTC).
     pub async fn run(&self, args: &[&str]) -> Output {
+        self.run_in("UTC", args).await
+    }
+
+    /// Runs `tenurectl ARGS` in the time zone `tz` and expects success; returns stdout.
+    pub async fn ok_in(&self, tz: &str, args: &[&str]) -> String {
+        let out = self.run_in(tz, args).await;
+        assert!(
+            out.status.success(),
+            "{}: tenurectl {args:?}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `tenurectl ARGS` with `TZ=tz`, off the async runtime.
+    pub async fn run_in(&self, tz: &str, args: &[&str]) -> Output {
+        let tz = tz.to_owned();
         let ctl = binaries().tenurectl.clone();
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
         let server = self.server.clone();
@@ -262,7 +280,7 @@ impl Person {
                 .args(&args)
                 .env("TENURE_SERVER", server)
                 .env("TENURE_HOME", home)
-                .env("TZ", "UTC")
+                .env("TZ", tz)
                 .env_remove("TENURE_TOKEN")
                 .output()
                 .unwrap()

@@ -161,10 +161,28 @@ async fn story_2_three_roles_at_once_one_needs_mfa() {
         "nothing was written: {mine}"
     );
 
-    // A dry run with MFA checks all three and grants nothing.
+    // A dry run with MFA checks all three and grants nothing; "tomorrow 09:00" is read
+    // in the person's time zone and sent in UTC.
     let ferry = server.person("ferry", true).await;
-    let dry = activate(&ferry, &roles, &["--duration", "2h", "--dry-run"]).await;
-    assert_eq!(dry.len(), 3);
+    let mut args = vec!["-o", "json", "activate", "-j", "migration", "--dry-run"];
+    for r in roles {
+        args.extend_from_slice(&["--role", r]);
+    }
+    args.extend_from_slice(&["--start", "tomorrow 09:00"]);
+    let dry: Value = serde_json::from_str(&ferry.ok_in("Asia/Kolkata", &args).await).unwrap();
+    let ist = chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+    let tomorrow_9 = (server_now(&admin).await.with_timezone(&ist).date_naive()
+        + TimeDelta::days(1))
+    .and_hms_opt(9, 0, 0)
+    .unwrap()
+    .and_local_timezone(ist)
+    .unwrap()
+    .with_timezone(&Utc);
+    let items = dry["results"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for i in items {
+        assert_eq!(time(&i["request"]["startTime"]), tomorrow_9, "{i}");
+    }
     for r in roles {
         assert!(!allowed(&admin, "ferry", r, "/").await);
     }
@@ -182,6 +200,18 @@ async fn story_2_three_roles_at_once_one_needs_mfa() {
         let r = request(&ferry, id).await;
         assert_eq!(time(&r["endTime"]), t + TimeDelta::hours(2), "{r}");
     }
+    // People see times in their own zone: the same end, in Kolkata and in UTC.
+    let end = time(&request(&ferry, &done[0].1).await["endTime"]);
+    let local = ferry
+        .ok_in("Asia/Kolkata", &["requests", "show", &done[0].1])
+        .await;
+    let shown = end.with_timezone(&ist).format("%Y-%m-%d %H:%M").to_string();
+    assert!(local.contains(&format!("→ {shown}")), "{shown} in {local}");
+    let utc = ferry.ok(&["requests", "show", &done[0].1]).await;
+    assert!(
+        utc.contains(&format!("→ {}", end.format("%Y-%m-%d %H:%M"))),
+        "{utc}"
+    );
     let listed = ferry.json(&["roles", "--active"]).await;
     assert!(
         listed.to_string().contains("user-administrator"),

@@ -34,6 +34,7 @@ pub enum Decision {
 #[derive(Subcommand)]
 pub enum ReviewsCmd {
     /// Reviews waiting for my decisions.
+    #[command(after_help = "Example:\n  tenurectl reviews list")]
     List,
     /// Create a review definition from a JSON file (a tenure.reviews.v1.ReviewDefinition).
     #[command(
@@ -45,8 +46,12 @@ pub enum ReviewsCmd {
         file: PathBuf,
     },
     /// Review definitions.
+    #[command(after_help = "Example:\n  tenurectl reviews definitions")]
     Definitions,
     /// Rounds of a definition, with progress.
+    #[command(
+        after_help = "Examples:\n  tenurectl reviews rounds\n  tenurectl reviews rounds --definition DEFINITION_ID"
+    )]
     Rounds {
         /// The definition.
         #[arg(long, default_value = "")]
@@ -76,6 +81,9 @@ pub enum ReviewsCmd {
         justification: String,
     },
     /// Accept the recommendations of a round (all my items, or the ones given).
+    #[command(
+        after_help = "Examples:\n  tenurectl reviews accept ROUND_ID\n  tenurectl reviews accept ROUND_ID --item ITEM_ID --item ITEM_ID"
+    )]
     Accept {
         /// The round.
         round: String,
@@ -87,6 +95,7 @@ pub enum ReviewsCmd {
         justification: String,
     },
     /// Stop a round early (administrators).
+    #[command(after_help = "Example:\n  tenurectl reviews stop ROUND_ID --reason \"all decided\"")]
     Stop {
         /// The round.
         round: String,
@@ -95,6 +104,7 @@ pub enum ReviewsCmd {
         reason: String,
     },
     /// Apply a completed round's results (remove what was denied).
+    #[command(after_help = "Example:\n  tenurectl reviews apply ROUND_ID")]
     Apply {
         /// The round.
         round: String,
@@ -308,8 +318,10 @@ pub async fn reviews(ctx: &Ctx, cmd: ReviewsCmd) -> anyhow::Result<()> {
 #[derive(Subcommand)]
 pub enum AlertsCmd {
     /// Active alerts (readers).
+    #[command(after_help = "Examples:\n  tenurectl alerts list\n  tenurectl alerts list -o json")]
     List,
     /// One alert with its incidents.
+    #[command(after_help = "Example:\n  tenurectl alerts show ALERT_ID")]
     Show {
         /// The alert id.
         id: String,

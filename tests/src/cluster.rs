@@ -2,8 +2,8 @@
 //! started with `--config` naming its contexts and the addresses of its peers, all on one
 //! database. Nodes can be killed with SIGKILL, as a crashed pod would be.
 //!
-//! The binary is the workspace's `target/<profile>/tenure`, which `cargo test --workspace`
-//! builds before any test runs (the tenure-server crate's own tests need it).
+//! The binary is built once per test run by [`crate::binaries`] (or taken from
+//! `TENURE_BIN_DIR`).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -18,21 +18,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// The `tenure` binary next to the running test executable.
+/// The `tenure` binary, built fresh for this test run (see [`crate::binaries`]).
 pub fn tenure_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/tenure
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(format!("tenure{}", std::env::consts::EXE_SUFFIX)))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --workspace` (or `cargo build -p tenure-server`) first",
-        bin.display()
-    );
-    bin
+    crate::binaries::binaries().tenure.clone()
 }
 
 /// A free loopback port (bound and released; good enough for tests on one machine).

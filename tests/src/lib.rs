@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod binaries;
 pub mod harness;
 pub mod sinks;
 

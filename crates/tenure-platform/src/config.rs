@@ -384,10 +384,17 @@ impl Config {
         }
         let fig = fig
             .merge(Env::prefixed("TENURE_").split("__").filter(|k| {
-                // The filter sees the key as written (upper case); figment lowercases
-                // only when it emits the keys.
-                let top = k.as_str().split('.').next().unwrap_or_default();
-                SERVER_KEYS.iter().any(|s| s.eq_ignore_ascii_case(top))
+                // The filter sees the key as written, before `split` maps "__" to "."
+                // and before lowercasing: the top-level key of TENURE_AUTH__ISSUER is
+                // "AUTH".
+                let top = k
+                    .as_str()
+                    .split("__")
+                    .next()
+                    .and_then(|k| k.split('.').next())
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                SERVER_KEYS.contains(&top.as_str())
             }))
             .merge(Serialized::defaults(overrides));
         let config: Config = fig

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tenure_platform::auth::{DevIssuer, ServiceToken, Verifier, load_jwks_file, parse_algorithm};
-use tenure_platform::clock::SharedClock;
+use tenure_platform::clock::{Clock as _, SharedClock};
 use tenure_platform::config::Config;
 use tenure_platform::db::Db;
 use tenure_platform::grpc::{Authenticator, Registry, TraceLayer};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 mod devauth;
 mod tls;
 
-pub use devauth::DevAuthApi;
+pub use devauth::{DevAuthApi, DevClock, DevClockApi};
 
 /// The contexts this process serves (`None` for those served elsewhere).
 #[derive(Clone, Default)]
@@ -46,6 +46,22 @@ pub struct App {
     tls: tls::Tls,
     clock: SharedClock,
     background: CancellationToken,
+    dev_clock: Option<DevClock>,
+}
+
+/// Refuses the development clock unless the development issuer is on and the server
+/// listens on a loopback address (stricter than the issuer itself: no override).
+pub fn check_dev_clock_allowed(config: &Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.dev_issuer_enabled(),
+        "--dev-clock needs the development issuer (no auth.jwks_file, auth.dev_issuer not \"off\")"
+    );
+    anyhow::ensure!(
+        config.listen.ip().is_loopback(),
+        "--dev-clock is refused on {} (not loopback): it lets the administrator move the server's time",
+        config.listen
+    );
+    Ok(())
 }
 
 impl App {
@@ -222,7 +238,16 @@ impl App {
             tls,
             clock,
             background,
+            dev_clock: None,
         })
+    }
+
+    /// Serves the development clock (`tenure serve --dev-clock`): `clock` must be the
+    /// clock this app was built with. Refused unless [`check_dev_clock_allowed`].
+    pub fn enable_dev_clock(&mut self, clock: DevClock) -> anyhow::Result<()> {
+        check_dev_clock_allowed(&self.config)?;
+        self.dev_clock = Some(clock);
+        Ok(())
     }
 
     /// The database handle (for tests and tools).
@@ -284,6 +309,22 @@ impl App {
                     DevAuthApi::new(issuer.clone()),
                 ),
             );
+            if let Some(clock) = &self.dev_clock {
+                tracing::warn!(
+                    now = %clock.clock().now().to_rfc3339(),
+                    "DEVELOPMENT CLOCK ENABLED: the server's time stands still and the bootstrap \
+                     administrator moves it (`tenurectl dev advance 2h`). Never in production."
+                );
+                routes.add_service(
+                    tenure_proto::devauth::v1::dev_clock_service_server::DevClockServiceServer::new(
+                        DevClockApi::new(
+                            clock.clone(),
+                            self.auth.clone(),
+                            self.config.auth.bootstrap_principal.clone(),
+                        ),
+                    ),
+                );
+            }
         }
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();

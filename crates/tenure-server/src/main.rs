@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tenure_platform::auth::DevIssuer;
-use tenure_platform::clock::SystemClock;
+use tenure_platform::clock::{Clock as _, SharedClock, SystemClock};
 use tenure_platform::config::{Config, Overrides};
 use tenure_platform::telemetry::Telemetry;
+use tenure_server::DevClock;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,7 @@ enum Command {
     ///   tenure serve                                  # everything, SQLite in ./tenure-data
     ///   tenure serve --listen 0.0.0.0:50051 --database-url postgres://tenure@db/tenure --config tenure.toml
     ///   tenure serve --contexts activation --config split.toml
+    ///   tenure serve --dev-clock                      # time stands still; `tenurectl dev advance 2h`
     Serve(ServeArgs),
     /// Print a development token for a principal, signed with the local development
     /// issuer's key in the data directory (the embedded default only).
@@ -71,6 +73,13 @@ struct ServeArgs {
     /// Contexts to serve: "all" or a list such as "activation,reviews" [default: all].
     #[arg(long, env = "TENURE_CONTEXTS")]
     contexts: Option<String>,
+    /// Development only: the server's time stands still and the bootstrap administrator
+    /// moves it forward (`tenurectl dev advance 2h`), to see activations end, requests
+    /// time out and review rounds close without waiting. Kept in the data directory
+    /// across restarts. Refused unless the development issuer is on and the address is
+    /// loopback. Not read from the environment or a file, so it is never on by accident.
+    #[arg(long)]
+    dev_clock: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -116,9 +125,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let config = Config::load(args.config.as_deref(), &overrides)?;
             let telemetry = Telemetry::init(&config.telemetry)?;
+            let dev_clock = if args.dev_clock {
+                tenure_server::check_dev_clock_allowed(&config)?;
+                Some(DevClock::open(&config.data_dir, SystemClock.now())?)
+            } else {
+                let kept = DevClock::file_in(&config.data_dir);
+                if kept.exists() {
+                    tracing::warn!(
+                        file = %kept.display(),
+                        "this data directory was last served with --dev-clock: its times may lie ahead of the wall clock"
+                    );
+                }
+                None
+            };
+            let clock: SharedClock = match &dev_clock {
+                Some(c) => Arc::new(c.clock()),
+                None => Arc::new(SystemClock),
+            };
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             let addr = listener.local_addr()?;
-            let app = tenure_server::App::build(config, Arc::new(SystemClock), addr).await?;
+            let mut app = tenure_server::App::build(config, clock, addr).await?;
+            if let Some(c) = dev_clock {
+                app.enable_dev_clock(c)?;
+            }
             // Tests and scripts read the bound address from this line (port 0 picks one).
             println!("tenure listening on {addr}");
             let result = app.serve(listener, tenure_server::shutdown_signal()).await;

@@ -123,3 +123,58 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dev_issuer_allow_non_loopback"));
 }
+
+#[test]
+fn the_development_clock_is_refused_off_loopback_and_without_the_development_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    // On a public address, even with the issuer forced on there: refused.
+    let cfg = dir.path().join("lab.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"0.0.0.0:0\"\n[auth]\ndev_issuer = \"on\"\ndev_issuer_allow_non_loopback = true\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--dev-clock", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--dev-clock is refused on 0.0.0.0:0"), "{err}");
+    // Without the development issuer: refused.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev-clock",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("TENURE_AUTH__DEV_ISSUER", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dev-clock needs the development issuer"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("dev-clock").exists(),
+        "nothing kept when refused"
+    );
+    // Nested keys from the environment are read (and validated) like the file's.
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TENURE_AUTH__LEEWAY_SECS", "999")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.leeway_secs must be at most 30"), "{err}");
+}

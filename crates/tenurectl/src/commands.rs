@@ -334,9 +334,59 @@ pub async fn activate(ctx: &Ctx, a: ActivateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tenurectl deactivate`.
+#[derive(Args)]
+pub struct DeactivateArgs {
+    /// The activation request id.
+    #[arg(required_unless_present = "role", conflicts_with = "role")]
+    request_id: Option<String>,
+    /// Or the role of my activation to end.
+    #[arg(long)]
+    role: Option<String>,
+    /// With --role: at this scope.
+    #[arg(long, default_value = "/", requires = "role")]
+    scope: String,
+}
+
 /// Ends an activation.
-pub async fn deactivate(ctx: &Ctx, request_id: String) -> anyhow::Result<()> {
+pub async fn deactivate(ctx: &Ctx, a: DeactivateArgs) -> anyhow::Result<()> {
     let mut c = client!(ctx, act::activation_service_client::ActivationServiceClient);
+    let request_id = match (a.request_id, a.role) {
+        (Some(id), _) => id,
+        (None, Some(role)) => {
+            // My activation of that role at that scope that holds now.
+            let mine = c
+                .list_requests(act::ListRequestsRequest {
+                    relation: act::RequestRelation::Mine.into(),
+                    statuses: vec![act::RequestStatus::Provisioned.into()],
+                    action: act::RequestAction::Activate.into(),
+                    role_id: role.clone(),
+                    scope_id: a.scope.clone(),
+                    page_size: 10,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            match mine.requests.as_slice() {
+                [one] => one.id.clone(),
+                [] => {
+                    return Err(tonic::Status::not_found(format!(
+                        "you have no active activation of {role} at {}",
+                        a.scope
+                    ))
+                    .into());
+                }
+                _ => {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "several activations of {role} at {}: give the request id (`tenurectl requests list`)",
+                        a.scope
+                    ))
+                    .into());
+                }
+            }
+        }
+        (None, None) => anyhow::bail!("give a request id or --role"),
+    };
     let r = c
         .deactivate_role(act::DeactivateRoleRequest {
             activation_request_id: request_id,
@@ -505,17 +555,24 @@ const REQUEST_HEADER: &[&str] = &[
 #[derive(Subcommand)]
 pub enum RequestsCmd {
     /// My requests, newest first (`--all` for everyone's, with a reading role).
+    #[command(
+        after_help = "Examples:\n  tenurectl requests list\n  tenurectl requests list --all -o json"
+    )]
     List {
         /// Everyone's requests.
         #[arg(long)]
         all: bool,
     },
     /// One request with its stages and decisions.
+    #[command(after_help = "Example:\n  tenurectl requests show REQUEST_ID")]
     Show {
         /// The request id.
         id: String,
     },
     /// Cancel one of my pending or scheduled requests.
+    #[command(
+        after_help = "Example:\n  tenurectl requests cancel REQUEST_ID --reason \"done without it\""
+    )]
     Cancel {
         /// The request id.
         id: String,
@@ -574,8 +631,10 @@ pub async fn requests(ctx: &Ctx, cmd: RequestsCmd) -> anyhow::Result<()> {
 #[derive(Subcommand)]
 pub enum ApprovalsCmd {
     /// Requests waiting for my decision.
+    #[command(after_help = "Example:\n  tenurectl approvals list")]
     List,
     /// One request.
+    #[command(after_help = "Example:\n  tenurectl approvals show REQUEST_ID")]
     Show {
         /// The request id.
         id: String,
@@ -592,6 +651,9 @@ pub enum ApprovalsCmd {
         justification: String,
     },
     /// Deny a request.
+    #[command(
+        after_help = "Example:\n  tenurectl approvals deny REQUEST_ID --justification \"not during the freeze\""
+    )]
     Deny {
         /// The request id.
         id: String,
@@ -747,6 +809,9 @@ pub async fn check(ctx: &Ctx, a: CheckArgs) -> anyhow::Result<()> {
 pub enum AdminCmd {
     /// Principals: list, import from JSON or CSV.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl admin principals list --search fer\n  tenurectl admin principals import deploy/examples/people.csv"
+    )]
     Principals(PrincipalsCmd),
     /// Set a group's members.
     #[command(
@@ -760,6 +825,7 @@ pub enum AdminCmd {
         members: Vec<String>,
     },
     /// Role definitions.
+    #[command(after_help = "Examples:\n  tenurectl admin roles\n  tenurectl admin roles --custom")]
     Roles {
         /// Only custom roles.
         #[arg(long)]
@@ -767,6 +833,9 @@ pub enum AdminCmd {
     },
     /// Scopes: list, import a subtree from JSON or CSV.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl admin scopes list\n  tenurectl admin scopes import deploy/examples/scopes.csv"
+    )]
     Scopes(ScopesCmd),
     /// Make a principal eligible for (or give it) a role.
     #[command(
@@ -775,16 +844,31 @@ pub enum AdminCmd {
     Assign(AssignArgs),
     /// Assignments: list, remove, extend, renew.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl admin assignments list --principal ferry\n  tenurectl admin assignments remove ASSIGNMENT_ID -j \"left the team\""
+    )]
     Assignments(AssignmentsCmd),
     /// Role settings: show effective (with origin), set organisation defaults, set per role.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl admin settings show --role billing-administrator\n  tenurectl admin settings set --role billing-administrator --require-approval true --approver kenneth"
+    )]
     Settings(SettingsCmd),
+    /// Webhooks that notifications and alerts are delivered to: list, add, remove.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl admin webhooks add --name SOC --url https://soc.example/tenure --kind alert-raised\n  tenurectl admin webhooks list"
+    )]
+    Webhooks(crate::more::WebhooksCmd),
 }
 
 /// Principal commands.
 #[derive(Subcommand)]
 pub enum PrincipalsCmd {
     /// List principals.
+    #[command(
+        after_help = "Examples:\n  tenurectl admin principals list\n  tenurectl admin principals list --search fer -o json"
+    )]
     List {
         /// Filter by name prefix.
         #[arg(long, default_value = "")]
@@ -792,6 +876,9 @@ pub enum PrincipalsCmd {
     },
     /// Import (upsert) principals from a JSON array or a CSV file with the header
     /// id,type,display_name,user_principal_name,email (type: user, group, service).
+    #[command(
+        after_help = "Examples:\n  tenurectl admin principals import deploy/examples/people.csv\n  tenurectl admin principals import principals.json"
+    )]
     Import {
         /// The file.
         file: PathBuf,
@@ -802,6 +889,9 @@ pub enum PrincipalsCmd {
 #[derive(Subcommand)]
 pub enum ScopesCmd {
     /// List scopes.
+    #[command(
+        after_help = "Examples:\n  tenurectl admin scopes list\n  tenurectl admin scopes list --parent /subscriptions/prod"
+    )]
     List {
         /// Under this parent (default: everything).
         #[arg(long, default_value = "/")]
@@ -809,6 +899,7 @@ pub enum ScopesCmd {
     },
     /// Import a subtree from a CSV file with the header id,parent_id,type,display_name
     /// (type: management-group, subscription, resource-group, resource).
+    #[command(after_help = "Example:\n  tenurectl admin scopes import deploy/examples/scopes.csv")]
     Import {
         /// The file.
         file: PathBuf,
@@ -854,6 +945,9 @@ pub struct AssignArgs {
 #[derive(Subcommand)]
 pub enum AssignmentsCmd {
     /// List assignments in effect or pending.
+    #[command(
+        after_help = "Examples:\n  tenurectl admin assignments list --principal ferry\n  tenurectl admin assignments list --role contributor -o json"
+    )]
     List {
         /// Of this principal.
         #[arg(long, default_value = "")]
@@ -863,6 +957,9 @@ pub enum AssignmentsCmd {
         role: String,
     },
     /// Remove an assignment now.
+    #[command(
+        after_help = "Example:\n  tenurectl admin assignments remove ASSIGNMENT_ID -j \"left the team\""
+    )]
     Remove {
         /// The assignment id.
         id: String,
@@ -871,6 +968,9 @@ pub enum AssignmentsCmd {
         justification: String,
     },
     /// Extend an assignment that has not expired.
+    #[command(
+        after_help = "Example:\n  tenurectl admin assignments extend ASSIGNMENT_ID --duration 90d -j \"project extended\""
+    )]
     Extend {
         /// The assignment id.
         id: String,
@@ -882,6 +982,9 @@ pub enum AssignmentsCmd {
         justification: String,
     },
     /// Renew an expired assignment.
+    #[command(
+        after_help = "Example:\n  tenurectl admin assignments renew ASSIGNMENT_ID --duration 180d -j \"still the billing owner\""
+    )]
     Renew {
         /// The assignment id.
         id: String,
@@ -898,6 +1001,9 @@ pub enum AssignmentsCmd {
 #[derive(Subcommand)]
 pub enum SettingsCmd {
     /// The effective settings of a role at a scope, with where each value comes from.
+    #[command(
+        after_help = "Examples:\n  tenurectl admin settings show --role billing-administrator\n  tenurectl admin settings show --role contributor --scope /subscriptions/prod -o json"
+    )]
     Show {
         /// The role.
         #[arg(long)]
@@ -1401,6 +1507,7 @@ pub async fn admin(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        AdminCmd::Webhooks(cmd) => crate::more::webhooks(ctx, cmd).await,
         AdminCmd::Settings(cmd) => {
             let mut c = client!(
                 ctx,

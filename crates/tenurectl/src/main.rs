@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 mod commands;
 mod conn;
+mod dev;
 mod more;
 mod output;
 mod time;
@@ -63,6 +64,7 @@ enum Command {
     )]
     Login(commands::LoginArgs),
     /// Show who the saved login is for.
+    #[command(after_help = "Example:\n  tenurectl whoami")]
     Whoami,
     /// My eligible and active roles, and what I can do next.
     #[command(
@@ -74,12 +76,11 @@ enum Command {
         after_help = "Examples:\n  tenurectl activate --role billing-administrator --justification \"invoices\"\n  tenurectl activate --role exchange-administrator --role user-administrator --duration 90m \\\n      --justification \"migration\" --ticket CHG-1234\n  tenurectl activate --role contributor --scope /subscriptions/s1 --start \"tomorrow 09:00\" --dry-run"
     )]
     Activate(commands::ActivateArgs),
-    /// End one of my activations now.
-    #[command(after_help = "Example:\n  tenurectl deactivate REQUEST_ID")]
-    Deactivate {
-        /// The activation request id.
-        request_id: String,
-    },
+    /// End one of my activations now: by its request id, or by its role (and scope).
+    #[command(
+        after_help = "Examples:\n  tenurectl deactivate REQUEST_ID\n  tenurectl deactivate --role billing-administrator\n  tenurectl deactivate --role contributor --scope /subscriptions/prod"
+    )]
+    Deactivate(commands::DeactivateArgs),
     /// Extend one of my activations.
     #[command(
         after_help = "Examples:\n  tenurectl extend REQUEST_ID --by 1h --justification \"still migrating\"\n  tenurectl extend REQUEST_ID --until 18:00"
@@ -92,9 +93,15 @@ enum Command {
     Renew(commands::RenewArgs),
     /// My requests: list, show, cancel.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl requests list\n  tenurectl requests show REQUEST_ID\n  tenurectl requests cancel REQUEST_ID --reason \"not needed\""
+    )]
     Requests(commands::RequestsCmd),
     /// Requests waiting for my approval: list, show, approve, deny.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl approvals list\n  tenurectl approvals approve REQUEST_ID -j \"ok for month end\""
+    )]
     Approvals(commands::ApprovalsCmd),
     /// Does a principal hold a role (or permission) at a scope right now (or then)?
     #[command(
@@ -103,19 +110,34 @@ enum Command {
     Check(commands::CheckArgs),
     /// Administration: principals, groups, roles, scopes, assignments, settings.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl admin principals import deploy/examples/people.csv\n  tenurectl admin assign --eligible --principal ferry --role billing-administrator -j \"billing owner\"\n  tenurectl admin settings show --role billing-administrator"
+    )]
     Admin(commands::AdminCmd),
     /// Access reviews: what waits for me, decide, accept recommendations, stop, apply.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl reviews create --file deploy/examples/contributor-review.json\n  tenurectl reviews list\n  tenurectl reviews decide ITEM_ID deny -j \"left the team\""
+    )]
     Reviews(more::ReviewsCmd),
     /// Security alerts: list, show, dismiss, configure, watch.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  tenurectl alerts list\n  tenurectl alerts watch")]
     Alerts(more::AlertsCmd),
     /// The audit trail: query, export as CSV.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  tenurectl audit query --principal ferry\n  tenurectl audit export --csv audit.csv"
+    )]
     Audit(more::AuditCmd),
     /// Event streams.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  tenurectl events watch --context activation")]
     Events(commands::EventsCmd),
+    /// Development only: the server's clock (`tenure serve --dev-clock`).
+    #[command(subcommand)]
+    #[command(after_help = "Examples:\n  tenurectl dev time\n  tenurectl dev advance 8h")]
+    Dev(dev::DevCmd),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  tenurectl completions bash > /etc/bash_completion.d/tenurectl"
@@ -178,7 +200,7 @@ fn main() -> ExitCode {
             Command::Whoami => commands::whoami(&ctx),
             Command::Roles(a) => commands::roles(&ctx, a).await,
             Command::Activate(a) => commands::activate(&ctx, a).await,
-            Command::Deactivate { request_id } => commands::deactivate(&ctx, request_id).await,
+            Command::Deactivate(a) => commands::deactivate(&ctx, a).await,
             Command::Extend(a) => commands::extend(&ctx, a).await,
             Command::Renew(a) => commands::renew(&ctx, a).await,
             Command::Requests(c) => commands::requests(&ctx, c).await,
@@ -189,6 +211,7 @@ fn main() -> ExitCode {
             Command::Alerts(c) => more::alerts(&ctx, c).await,
             Command::Audit(c) => more::audit(&ctx, c).await,
             Command::Events(c) => commands::events(&ctx, c).await,
+            Command::Dev(c) => dev::dev(&ctx, c).await,
             Command::Completions { .. } => Ok(()),
         }
     });
@@ -198,5 +221,32 @@ fn main() -> ExitCode {
             output::print_error(&e);
             ExitCode::from(output::exit_code(&e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and group has `--help` with examples (the bar).
+    #[test]
+    fn every_subcommand_has_help_with_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if sub.get_name() != "help" && !help.contains("Example") {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "tenurectl", &mut missing);
+        assert!(missing.is_empty(), "no examples in --help of: {missing:#?}");
+        Cli::command().debug_assert();
     }
 }

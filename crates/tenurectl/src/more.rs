@@ -19,10 +19,22 @@ fn name(s: &str, prefix: &str) -> String {
         .replace('_', " ")
 }
 
+/// A reviewer's decision on one item.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Decision {
+    /// Keep the access.
+    Approve,
+    /// Remove the access (when the results are applied).
+    Deny,
+    /// Leave it to the next stage or the default decision.
+    DontKnow,
+}
+
 /// `tenurectl reviews …`.
 #[derive(Subcommand)]
 pub enum ReviewsCmd {
     /// Reviews waiting for my decisions.
+    #[command(after_help = "Example:\n  tenurectl reviews list")]
     List,
     /// Create a review definition from a JSON file (a tenure.reviews.v1.ReviewDefinition).
     #[command(
@@ -34,8 +46,12 @@ pub enum ReviewsCmd {
         file: PathBuf,
     },
     /// Review definitions.
+    #[command(after_help = "Example:\n  tenurectl reviews definitions")]
     Definitions,
     /// Rounds of a definition, with progress.
+    #[command(
+        after_help = "Examples:\n  tenurectl reviews rounds\n  tenurectl reviews rounds --definition DEFINITION_ID"
+    )]
     Rounds {
         /// The definition.
         #[arg(long, default_value = "")]
@@ -57,13 +73,17 @@ pub enum ReviewsCmd {
     Decide {
         /// The item.
         item: String,
-        /// approve, deny or dont-know.
-        decision: String,
+        /// The decision.
+        #[arg(value_enum)]
+        decision: Decision,
         /// Why.
         #[arg(long, short = 'j', default_value = "")]
         justification: String,
     },
     /// Accept the recommendations of a round (all my items, or the ones given).
+    #[command(
+        after_help = "Examples:\n  tenurectl reviews accept ROUND_ID\n  tenurectl reviews accept ROUND_ID --item ITEM_ID --item ITEM_ID"
+    )]
     Accept {
         /// The round.
         round: String,
@@ -75,6 +95,7 @@ pub enum ReviewsCmd {
         justification: String,
     },
     /// Stop a round early (administrators).
+    #[command(after_help = "Example:\n  tenurectl reviews stop ROUND_ID --reason \"all decided\"")]
     Stop {
         /// The round.
         round: String,
@@ -83,6 +104,7 @@ pub enum ReviewsCmd {
         reason: String,
     },
     /// Apply a completed round's results (remove what was denied).
+    #[command(after_help = "Example:\n  tenurectl reviews apply ROUND_ID")]
     Apply {
         /// The round.
         round: String,
@@ -232,11 +254,10 @@ pub async fn reviews(ctx: &Ctx, cmd: ReviewsCmd) -> anyhow::Result<()> {
             decision,
             justification,
         } => {
-            let d = match decision.to_ascii_lowercase().as_str() {
-                "approve" => rev::ReviewDecision::Approve,
-                "deny" => rev::ReviewDecision::Deny,
-                "dont-know" | "dontknow" | "don't-know" => rev::ReviewDecision::DontKnow,
-                other => anyhow::bail!("{other:?}: decide approve, deny or dont-know"),
+            let d = match decision {
+                Decision::Approve => rev::ReviewDecision::Approve,
+                Decision::Deny => rev::ReviewDecision::Deny,
+                Decision::DontKnow => rev::ReviewDecision::DontKnow,
             };
             let r = c
                 .record_decision(rev::RecordDecisionRequest {
@@ -297,8 +318,10 @@ pub async fn reviews(ctx: &Ctx, cmd: ReviewsCmd) -> anyhow::Result<()> {
 #[derive(Subcommand)]
 pub enum AlertsCmd {
     /// Active alerts (readers).
+    #[command(after_help = "Examples:\n  tenurectl alerts list\n  tenurectl alerts list -o json")]
     List,
     /// One alert with its incidents.
+    #[command(after_help = "Example:\n  tenurectl alerts show ALERT_ID")]
     Show {
         /// The alert id.
         id: String,
@@ -314,7 +337,11 @@ pub enum AlertsCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Change an alert's settings from a JSON file (a tenure.notifications.v1.AlertSettings).
+    /// Change an alert kind's settings from a JSON file (a
+    /// tenure.notifications.v1.AlertSettings): the fields it names change, the others stay.
+    #[command(
+        after_help = "Example:\n  tenurectl alerts configure --file deploy/examples/alert-activated-too-frequently.json\n\nwith the file:\n  {\"kind\": \"ALERT_KIND_ROLES_ACTIVATED_TOO_FREQUENTLY\",\n   \"activatedTooFrequently\": {\"activationCount\": 4, \"window\": \"3600s\"}}"
+    )]
     Configure {
         /// The settings as JSON.
         #[arg(long)]
@@ -327,6 +354,35 @@ pub enum AlertsCmd {
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+}
+
+/// The fields an alert settings file changes: the ones it names (besides `kind`); each
+/// threshold message counts as "thresholds".
+fn alert_settings_mask(file: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+    let mut paths: Vec<String> = Vec::new();
+    for key in value.as_object().map(|o| o.keys()).into_iter().flatten() {
+        let path = match key.as_str() {
+            "kind" => continue,
+            "enabled" => "enabled",
+            "severity" => "severity",
+            "excludedPrincipalIds" | "excluded_principal_ids" => "excluded_principal_ids",
+            "etag" => continue,
+            _ => "thresholds",
+        };
+        if !paths.iter().any(|p| p == path) {
+            paths.push(path.to_owned());
+        }
+    }
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "{} changes nothing: give enabled, severity, excludedPrincipalIds or the kind's thresholds",
+        file.display()
+    );
+    Ok(paths)
 }
 
 /// Alert commands.
@@ -387,10 +443,11 @@ pub async fn alerts(ctx: &Ctx, cmd: AlertsCmd) -> anyhow::Result<()> {
         }
         AlertsCmd::Configure { file } => {
             let settings: ntf::AlertSettings = read_json(&file)?;
+            let paths = alert_settings_mask(&file)?;
             let r = c
                 .update_alert_settings(ntf::UpdateAlertSettingsRequest {
                     settings: Some(settings),
-                    update_mask: None,
+                    update_mask: Some(prost_types::FieldMask { paths }),
                     request_id: String::new(),
                 })
                 .await?
@@ -580,6 +637,141 @@ pub async fn audit(ctx: &Ctx, cmd: AuditCmd) -> anyhow::Result<()> {
             if csv.as_os_str() != "-" {
                 eprintln!("exported {rows} rows to {}", csv.display());
             }
+            Ok(())
+        }
+    }
+}
+
+/// `tenurectl admin webhooks …`.
+#[derive(Subcommand)]
+pub enum WebhooksCmd {
+    /// Webhooks notifications are delivered to (signed with HMAC-SHA256).
+    #[command(after_help = "Example:\n  tenurectl admin webhooks list")]
+    List,
+    /// Deliver notifications to a URL (https; http only on loopback). Prints the signing
+    /// secret once.
+    #[command(
+        after_help = "Examples:\n  tenurectl admin webhooks add --name SOC --url https://soc.example/tenure --kind alert-raised\n  tenurectl admin webhooks add --name local --url http://127.0.0.1:8099/hook"
+    )]
+    Add {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// The endpoint.
+        #[arg(long)]
+        url: String,
+        /// The signing secret (at least 32 bytes); generated when left out.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Only these kinds (repeat): eligible-assigned, active-assigned, activated,
+        /// approval-needed, request-approved, request-denied, expiring-soon,
+        /// review-started, review-reminder, review-completed, alert-raised. All when left
+        /// out.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+    },
+    /// Stop delivering to a webhook.
+    #[command(after_help = "Example:\n  tenurectl admin webhooks remove WEBHOOK_ID")]
+    Remove {
+        /// The webhook id.
+        id: String,
+    },
+}
+
+fn event_kind(s: &str) -> anyhow::Result<i32> {
+    let wanted = format!(
+        "NOTIFICATION_EVENT_KIND_{}",
+        s.trim().to_ascii_uppercase().replace('-', "_")
+    );
+    tenure_proto::common::v1::NotificationEventKind::from_str_name(&wanted)
+        .filter(|k| *k != tenure_proto::common::v1::NotificationEventKind::Unspecified)
+        .map(i32::from)
+        .ok_or_else(|| anyhow::anyhow!("{s:?} is not a notification kind (e.g. alert-raised)"))
+}
+
+/// Webhook commands.
+pub async fn webhooks(ctx: &Ctx, cmd: WebhooksCmd) -> anyhow::Result<()> {
+    let (ch, b) = authed(ctx).await?;
+    let mut c =
+        ntf::notifications_service_client::NotificationsServiceClient::with_interceptor(ch, b);
+    let row = |w: &ntf::Webhook| {
+        vec![
+            w.id.clone(),
+            w.display_name.clone(),
+            w.url.clone(),
+            if w.enabled.unwrap_or(true) {
+                "yes".to_owned()
+            } else {
+                "no".to_owned()
+            },
+            if w.event_kinds.is_empty() {
+                "all".to_owned()
+            } else {
+                w.event_kinds()
+                    .map(|k| name(k.as_str_name(), "NOTIFICATION_EVENT_KIND_").replace(' ', "-"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            format!("…{}", w.secret_hint),
+        ]
+    };
+    const HEADER: &[&str] = &["WEBHOOK", "NAME", "URL", "ENABLED", "KINDS", "SECRET"];
+    match cmd {
+        WebhooksCmd::List => {
+            let r = c
+                .list_webhooks(ntf::ListWebhooksRequest {
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            if ctx.format == Format::Json {
+                return json(&r);
+            }
+            table(HEADER, r.webhooks.iter().map(row).collect());
+            Ok(())
+        }
+        WebhooksCmd::Add {
+            name: display_name,
+            url,
+            secret,
+            kinds,
+        } => {
+            let event_kinds = kinds
+                .iter()
+                .map(|k| event_kind(k))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let r = c
+                .create_webhook(ntf::CreateWebhookRequest {
+                    webhook: Some(ntf::Webhook {
+                        display_name,
+                        url,
+                        secret: secret.unwrap_or_default(),
+                        event_kinds,
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await?
+                .into_inner();
+            if ctx.format == Format::Json {
+                return json(&r);
+            }
+            table(HEADER, r.webhook.iter().map(row).collect());
+            println!("signing secret (shown only now): {}", r.secret);
+            Ok(())
+        }
+        WebhooksCmd::Remove { id } => {
+            c.delete_webhook(ntf::DeleteWebhookRequest {
+                id: id.clone(),
+                request_id: String::new(),
+            })
+            .await?;
+            if ctx.format == Format::Json {
+                println!("{{}}");
+                return Ok(());
+            }
+            println!("removed webhook {id}");
             Ok(())
         }
     }

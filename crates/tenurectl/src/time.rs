@@ -83,6 +83,18 @@ pub fn show(ts: Option<&prost_types::Timestamp>) -> String {
     }
 }
 
+/// A protobuf timestamp in the local time zone with seconds and the zone's offset.
+pub fn show_long(ts: Option<&prost_types::Timestamp>) -> String {
+    let Some(ts) = ts else { return "-".to_owned() };
+    match DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0)) {
+        Some(t) => t
+            .with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+        None => "-".to_owned(),
+    }
+}
+
 /// A protobuf duration for people ("2h 30m").
 pub fn show_duration(d: Option<&prost_types::Duration>) -> String {
     match d {

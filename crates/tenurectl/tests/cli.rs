@@ -323,11 +323,25 @@ fn every_subcommand_has_help_and_completions_print() {
             "{args:?} has no examples"
         );
     }
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let out = Command::new(CTL)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The completions know the subcommands, down to the development clock's.
+        assert!(
+            text.contains("tenurectl") && text.contains("webhooks") && text.contains("advance"),
+            "{shell}: {text}"
+        );
+    }
+    // An unknown shell is a usage error.
     let out = Command::new(CTL)
-        .args(["completions", "bash"])
+        .args(["completions", "cmd.exe"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("tenurectl"));
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[tokio::test]

@@ -4,8 +4,8 @@
 // Test support: a broken fixture should fail loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-pub mod cluster;
 pub mod binaries;
+pub mod cluster;
 pub mod harness;
 pub mod sinks;
 

@@ -258,8 +258,10 @@ pub struct Limits {
     pub max_encoding_message_size: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
-    /// Requests in flight per connection before new ones are refused with
-    /// RESOURCE_EXHAUSTED.
+    /// Requests in flight per connection (streams included) before new ones are refused
+    /// with RESOURCE_EXHAUSTED. Keep it below `max_concurrent_streams`: otherwise a
+    /// client's excess calls wait in its own HTTP/2 stream queue, the server never sees
+    /// them to refuse, and overload becomes latency (BENCHMARKS.md, workload 10).
     pub concurrency_per_connection: usize,
     /// Deadline of every unary RPC, milliseconds.
     pub request_timeout_ms: u64,
@@ -283,7 +285,7 @@ impl Default for Limits {
             max_decoding_message_size: 1024 * 1024,
             max_encoding_message_size: 4 * 1024 * 1024,
             max_concurrent_streams: 128,
-            concurrency_per_connection: 256,
+            concurrency_per_connection: 64,
             request_timeout_ms: 10_000,
             mutations_per_principal_per_sec: 50,
             mutations_burst: 500,

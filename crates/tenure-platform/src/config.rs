@@ -660,19 +660,6 @@ mod tests {
     }
 
     #[test]
-    fn nested_environment_variables_set_server_keys() {
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("TENURE_LIMITS__MUTATIONS_PER_PRINCIPAL_PER_SEC", "0");
-            jail.set_env("TENURE_AUTH__LEEWAY_SECS", "7");
-            jail.set_env("TENURE_CONTEXTS", "all");
-            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
-            assert_eq!(c.limits.mutations_per_principal_per_sec, 0);
-            assert_eq!(c.auth.leeway_secs, 7);
-            Ok(())
-        });
-    }
-
-    #[test]
     fn unknown_keys_and_contexts_are_refused() {
         assert!(Config::from_toml("lisen = \"127.0.0.1:1\"\n").is_err());
         assert!(Config::from_toml("contexts = \"assignments,billing\"\n").is_err());

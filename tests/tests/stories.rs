@@ -102,6 +102,122 @@ async fn request(p: &Person, id: &str) -> Value {
 /// Story 2: three roles at once, one of which needs MFA. Without MFA nothing is granted
 /// and the reply says why; with MFA all three are active; all end on time.
 #[tokio::test]
+async fn story_1_the_field_report_ferry_activates_kenneth_approves() {
+    let server = RealServer::start().await;
+    let admin = server.person("admin", true).await;
+    import_examples(&admin).await;
+    eligible(&admin, "ferry", "billing-administrator").await;
+    admin
+        .ok(&[
+            "admin",
+            "settings",
+            "set",
+            "--role",
+            "billing-administrator",
+            "--require-approval",
+            "true",
+            "--approver",
+            "kenneth",
+            "--require-mfa",
+            "false",
+        ])
+        .await;
+
+    // Ferry asks, with a justification: pending Kenneth's approval, not yet held.
+    let ferry = server.person("ferry", false).await;
+    let asked = ferry
+        .json(&[
+            "activate",
+            "--role",
+            "billing-administrator",
+            "--justification",
+            "month-end invoices",
+        ])
+        .await;
+    assert_eq!(
+        asked["results"][0]["outcome"], "ITEM_OUTCOME_PENDING_APPROVAL",
+        "{asked}"
+    );
+    let id = asked["results"][0]["request"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!allowed(&admin, "ferry", "billing-administrator", "/").await);
+
+    // Kenneth finds it waiting for him and approves; Ferry holds the role at once.
+    let kenneth = server.person("kenneth", false).await;
+    let waiting = kenneth.ok(&["approvals", "list"]).await;
+    assert!(waiting.contains(&id), "{waiting}");
+    let approved = kenneth
+        .json(&[
+            "approvals",
+            "approve",
+            &id,
+            "--justification",
+            "ok for month end",
+        ])
+        .await;
+    assert_eq!(
+        approved["status"], "REQUEST_STATUS_PROVISIONED",
+        "{approved}"
+    );
+    assert!(allowed(&admin, "ferry", "billing-administrator", "/").await);
+
+    // The audit shows requested, approval requested, approved, completed...
+    let steps = [
+        "RequestCreated",
+        "ApprovalRequested",
+        "RequestApproved",
+        "RequestProvisioned",
+    ];
+    let audit = admin
+        .json_until(
+            &[
+                "audit",
+                "query",
+                "--principal",
+                "ferry",
+                "--role",
+                "billing-administrator",
+            ],
+            |v| {
+                let actions: Vec<&str> = v["entries"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|e| e["action"].as_str()).collect())
+                    .unwrap_or_default();
+                steps.iter().all(|s| actions.contains(s))
+            },
+        )
+        .await;
+    for e in audit["entries"].as_array().unwrap() {
+        if steps.contains(&e["action"].as_str().unwrap_or_default()) {
+            assert_eq!(e["requestId"], id.as_str(), "{e}");
+        }
+    }
+    // ...and the CSV export has those rows.
+    let csv = admin
+        .ok(&[
+            "audit",
+            "export",
+            "--csv",
+            "-",
+            "--principal",
+            "ferry",
+            "--role",
+            "billing-administrator",
+        ])
+        .await;
+    let header = csv.lines().next().unwrap_or_default();
+    assert!(header.contains("action"), "a header row: {header}");
+    for step in steps {
+        assert!(
+            csv.lines().any(|l| l.contains(step) && l.contains(&id)),
+            "{step} of {id} missing from the CSV:\n{csv}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn story_2_three_roles_at_once_one_needs_mfa() {
     let server = RealServer::start().await;
     let admin = server.person("admin", true).await;

@@ -95,6 +95,8 @@ pub struct Draft {
     pub end: Option<prost_types::Timestamp>,
     /// The approvers (APPROVERS recipients).
     pub approvers: Vec<common::PrincipalRef>,
+    /// The reviewers (REVIEWERS recipients).
+    pub reviewers: Vec<common::PrincipalRef>,
     /// For alerts: the severity.
     pub alert_severity: i32,
     /// The source event.
@@ -819,7 +821,14 @@ impl Engine {
                         }
                         R::Approvers => {
                             for ap in &d.approvers {
-                                for (p, a) in project::expand(uow.tx(), &ap.id).await? {
+                                for (p, a) in project::expand_ref(uow.tx(), ap).await? {
+                                    people.push((Some(p), a));
+                                }
+                            }
+                        }
+                        R::Reviewers => {
+                            for rv in &d.reviewers {
+                                for (p, a) in project::expand_ref(uow.tx(), rv).await? {
                                     people.push((Some(p), a));
                                 }
                             }

@@ -404,6 +404,23 @@ pub async fn expand(tx: &mut Tx, id: &str) -> ApiResult<Vec<(common::PrincipalRe
     Ok(out)
 }
 
+/// Like [`expand`] for a principal named in a source event: when this context's
+/// projection of the assignments stream has not taken the principal in yet (the
+/// consumers of the streams run independently, so another context's event can come
+/// first), the address the event itself carries (a user principal name) is used.
+pub async fn expand_ref(
+    tx: &mut Tx,
+    r: &common::PrincipalRef,
+) -> ApiResult<Vec<(common::PrincipalRef, String)>> {
+    if principal_ref(tx, &r.id).await?.is_some() {
+        return expand(tx, &r.id).await;
+    }
+    if r.r#type != common::PrincipalType::Group as i32 && r.user_principal_name.contains('@') {
+        return Ok(vec![(r.clone(), r.user_principal_name.clone())]);
+    }
+    Ok(vec![])
+}
+
 /// `scope` and its ancestors up to "/".
 pub async fn ancestors(tx: &mut Tx, scope: &str) -> ApiResult<Vec<String>> {
     let mut out = vec![];

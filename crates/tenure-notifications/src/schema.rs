@@ -197,6 +197,19 @@ CREATE TABLE notifications_p_break_glass (
 );
 "#;
 
+/// Who reviews in each round, from the reviews stream (`RoundStarted`, `StageStarted`),
+/// so that the round's completion reaches every reviewer.
+const V2: &str = r#"
+CREATE TABLE notifications_review_reviewers (
+    round_id TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    type BIGINT NOT NULL,
+    display_name TEXT NOT NULL,
+    upn TEXT NOT NULL,
+    PRIMARY KEY (round_id, principal_id)
+);
+"#;
+
 /// This context's migrations.
 pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
     let blob = match backend {
@@ -214,6 +227,11 @@ pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
                 tenure_platform::idempotency::table_sql(PREFIX, backend)
             )
             .into(),
+        },
+        MigrationSpec {
+            version: MIGRATION_BASE + 200,
+            description: "the reviewers of each review round (for review notifications)".into(),
+            sql: V2.into(),
         },
     ]
 }

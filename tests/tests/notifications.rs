@@ -905,3 +905,445 @@ async fn bad_input_is_refused_naming_the_field() {
     );
     h.stop().await;
 }
+
+/// Creates an eligible assignment of `role` to `who` at "/" ending at `end`.
+async fn assign_until(
+    h: &Harness,
+    who: &str,
+    role: &str,
+    end: chrono::DateTime<chrono::Utc>,
+) -> asg::Assignment {
+    h.assignments()
+        .create_assignment(h.req_mfa(
+            ADMIN,
+            asg::CreateAssignmentRequest {
+                assignment_type: AssignmentType::Eligible.into(),
+                principal_id: who.into(),
+                role_id: role.into(),
+                scope_id: "/".into(),
+                schedule: Some(asg::ScheduleInput {
+                    start_time: None,
+                    expiration: Some(asg::schedule_input::Expiration::EndTime(
+                        tenure_platform::clock::to_proto(end),
+                    )),
+                }),
+                justification: "test".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment
+        .unwrap()
+}
+
+fn mails_about(smtp: &SmtpSink, to: &str, needle: &str) -> usize {
+    smtp.received()
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == to) && m.subject().contains(needle))
+        .count()
+}
+
+async fn get_notification(
+    h: &Harness,
+    who: &str,
+    id: &str,
+) -> Result<pb::Notification, tonic::Status> {
+    h.notifications()
+        .get_notification(h.req(who, pb::GetNotificationRequest { id: id.into() }))
+        .await
+        .map(|r| r.into_inner().notification.unwrap())
+}
+
+async fn deliveries(h: &Harness, r: pb::ListDeliveriesRequest) -> Vec<pb::Delivery> {
+    h.notifications()
+        .list_deliveries(h.req(ADMIN, r))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+}
+
+/// Expiry reminders go out 14 days and 1 day before an eligible assignment ends, to
+/// the holder and the administrators, each exactly once, also across a restart; the
+/// 1-day one is critical.
+#[tokio::test]
+async fn expiry_reminders_14_days_and_1_day_before_the_end_once_each_across_a_restart() {
+    let (mut h, smtp, _hooks) = start().await;
+    h.seed_users(&["ferry", "lisa"]).await;
+    h.assign(AssignmentType::Eligible, "lisa", PRA, "/").await;
+    let end = t0() + TimeDelta::days(30);
+    let a = assign_until(&h, "ferry", BILLING, end).await;
+    // The notifications context has taken the assignment in when its e-mail went out.
+    smtp.wait_for("ferry@example.test", "is eligible for").await;
+
+    h.clock.set(end - TimeDelta::days(14));
+    for to in ["ferry@example.test", "lisa@example.test"] {
+        let m = smtp.wait_for(to, "eligible assignment of").await;
+        assert!(m.text().contains("Billing Administrator"), "{}", m.text());
+        assert!(m.text().contains("2030-01-31 00:00 UTC"), "{}", m.text());
+    }
+    let first = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            recipient: "ferry@example.test".into(),
+            event_kinds: vec![tenure_proto::common::v1::NotificationEventKind::ExpiringSoon.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(first.len(), 1);
+    let n = get_notification(&h, ADMIN, &first[0].notification_id)
+        .await
+        .unwrap();
+    assert!(!n.critical, "the 14-day reminder is not critical");
+    assert_eq!(n.reference_id, a.id);
+
+    // A restart in between sends nothing again.
+    h.restart().await;
+    h.clock.set(end - TimeDelta::days(14) + TimeDelta::hours(1));
+    h.clock.set(end - TimeDelta::days(1));
+    for to in ["ferry@example.test", "lisa@example.test"] {
+        for _ in 0..1000 {
+            if mails_about(&smtp, to, "eligible assignment of") >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(mails_about(&smtp, to, "eligible assignment of"), 2, "to {to}");
+    }
+    let both = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            recipient: "ferry@example.test".into(),
+            event_kinds: vec![tenure_proto::common::v1::NotificationEventKind::ExpiringSoon.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(both.len(), 2);
+    let last = get_notification(&h, ADMIN, &both[0].notification_id)
+        .await
+        .unwrap();
+    assert!(last.critical, "the 1-day reminder is critical");
+    // After the end, nothing more.
+    h.clock.set(end + TimeDelta::days(1));
+    h.restart().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mails_about(&smtp, "ferry@example.test", "eligible assignment of"), 2);
+    h.stop().await;
+}
+
+async fn alerts_of(h: &Harness, kind: pb::AlertKind) -> Vec<pb::Alert> {
+    h.alerts()
+        .list_alerts(h.req(
+            ADMIN,
+            pb::ListAlertsRequest {
+                kinds: vec![kind.into()],
+                statuses: vec![
+                    pb::AlertStatus::Active.into(),
+                    pb::AlertStatus::Resolved.into(),
+                    pb::AlertStatus::Dismissed.into(),
+                ],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts
+}
+
+async fn wait_alert(h: &Harness, kind: pb::AlertKind, status: pb::AlertStatus) -> pb::Alert {
+    for _ in 0..1000 {
+        if let Some(a) = alerts_of(h, kind)
+            .await
+            .into_iter()
+            .find(|a| a.status() == status)
+        {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no {status:?} alert of {kind:?}: {:?}",
+        alerts_of(h, kind).await
+    );
+}
+
+/// Nothing happens but time: the rescan timer raises "potential stale accounts" once
+/// Ferry has not signed in for 30 days; his next sign-in clears it and the alert
+/// resolves itself.
+#[tokio::test]
+async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition_resolves_it() {
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    h.assign(
+        AssignmentType::Eligible,
+        "ferry",
+        "global-administrator",
+        "/",
+    )
+    .await;
+    let signed_in = |at: chrono::DateTime<chrono::Utc>| asg::UpsertPrincipalsRequest {
+        principals: vec![asg::Principal {
+            id: "ferry".into(),
+            r#type: PrincipalType::User.into(),
+            display_name: "Ferry".into(),
+            user_principal_name: "ferry@example.test".into(),
+            last_sign_in_time: Some(tenure_platform::clock::to_proto(at)),
+            ..Default::default()
+        }],
+        request_id: String::new(),
+    };
+    h.principals()
+        .upsert_principals(h.req(ADMIN, signed_in(t0())))
+        .await
+        .unwrap();
+    // A day later nothing is stale.
+    h.clock.set(t0() + TimeDelta::days(1));
+    let stale = pb::AlertKind::PotentialStaleAccounts;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        alerts_of(&h, stale)
+            .await
+            .iter()
+            .all(|a| a.status() != pb::AlertStatus::Active)
+    );
+    // 31 days without a sign-in, and no event at all: the timer's rescan raises it.
+    h.clock.set(t0() + TimeDelta::days(31));
+    let raised = wait_alert(&h, stale, pb::AlertStatus::Active).await;
+    assert_eq!(raised.incident_count, 1);
+    let incidents = h
+        .alerts()
+        .list_alert_incidents(h.req(
+            ADMIN,
+            pb::ListAlertIncidentsRequest {
+                alert_id: raised.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(incidents[0].principal.as_ref().unwrap().id, "ferry");
+    // Ferry signs in: the condition clears and the alert resolves itself.
+    h.principals()
+        .upsert_principals(h.req(ADMIN, signed_in(t0() + TimeDelta::days(31))))
+        .await
+        .unwrap();
+    let resolved = wait_alert(&h, stale, pb::AlertStatus::Resolved).await;
+    assert_eq!(resolved.id, raised.id);
+    h.stop().await;
+}
+
+async fn create_hook(h: &Harness, url: &str, secret: &str) -> pb::Webhook {
+    h.notifications()
+        .create_webhook(h.req(
+            ADMIN,
+            pb::CreateWebhookRequest {
+                webhook: Some(pb::Webhook {
+                    display_name: "SOC".into(),
+                    url: url.into(),
+                    secret: secret.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
+        .unwrap()
+}
+
+/// A webhook that refuses every delivery (its receiver holds another secret) is
+/// retried with a doubling backoff, capped at an hour, and after 24 hours the delivery
+/// is dead with the reason; the log shows every attempt. RetryDelivery queues it again.
+#[tokio::test]
+async fn a_refused_webhook_is_retried_with_backoff_then_dead_with_the_reason() {
+    let (h, _smtp, hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    let hook = create_hook(&h, &hooks.url(), "another-secret-0123456789abcdef-0123").await;
+    h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    let find = || pb::ListDeliveriesRequest {
+        recipient: hook.id.clone(),
+        event_kinds: vec![tenure_proto::common::v1::NotificationEventKind::EligibleAssigned.into()],
+        ..Default::default()
+    };
+    let mut d = None;
+    for _ in 0..1000 {
+        if let Some(x) = deliveries(&h, find()).await.into_iter().next()
+            && x.attempts >= 1
+        {
+            d = Some(x);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut d = d.expect("a first attempt");
+    assert_eq!(d.status(), pb::DeliveryStatus::Retrying);
+    assert!(d.last_error.starts_with("HTTP 401"), "{}", d.last_error);
+    let created = tenure_platform::clock::from_proto(d.create_time.as_ref().unwrap()).unwrap();
+    let mut gaps = Vec::new();
+    let mut last_attempt = created;
+    while d.status() == pb::DeliveryStatus::Retrying {
+        let next =
+            tenure_platform::clock::from_proto(d.next_attempt_time.as_ref().unwrap()).unwrap();
+        gaps.push((next - last_attempt).num_seconds());
+        last_attempt = next;
+        let attempts = d.attempts;
+        h.clock.set(next);
+        let mut moved = None;
+        for _ in 0..1000 {
+            let x = deliveries(&h, find()).await.remove(0);
+            if x.attempts > attempts {
+                moved = Some(x);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        d = moved.expect("the next attempt");
+        assert!(d.attempts < 60, "gives up in the end");
+    }
+    assert_eq!(d.status(), pb::DeliveryStatus::Dead);
+    assert!(d.last_error.starts_with("HTTP 401"), "{}", d.last_error);
+    assert_eq!(&gaps[..5], &[1, 2, 4, 8, 16], "doubling from one second");
+    assert!(
+        gaps.iter().all(|g| *g <= 3600),
+        "at most an hour apart: {gaps:?}"
+    );
+    assert!(
+        last_attempt - created <= TimeDelta::hours(24)
+            && last_attempt - created > TimeDelta::hours(23),
+        "retried for up to 24 hours"
+    );
+    // Every attempt reached the receiver.
+    let calls = hooks
+        .received()
+        .iter()
+        .filter(|c| c.notification_id == d.notification_id)
+        .count();
+    assert_eq!(i32::try_from(calls).unwrap(), d.attempts);
+    // Dead in the log; a NotificationFailed event says why.
+    let dead = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            statuses: vec![pb::DeliveryStatus::Dead.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(dead.iter().any(|x| x.id == d.id));
+    let events = h
+        .contexts
+        .notifications
+        .as_ref()
+        .unwrap()
+        .log
+        .read_after(0, 10_000)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| matches!(
+        &e.payload,
+        Some(pb::event::Payload::NotificationFailed(f)) if f.delivery.as_ref().is_some_and(|x| x.id == d.id && x.last_error.starts_with("HTTP 401"))
+    )));
+    // Queued again by hand: PENDING with its attempts kept.
+    let again = h
+        .notifications()
+        .retry_delivery(h.req(
+            ADMIN,
+            pb::RetryDeliveryRequest {
+                id: d.id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(again.status(), pb::DeliveryStatus::Pending);
+    h.stop().await;
+}
+
+/// An SMTP server that accepts connections and never answers holds up neither the
+/// webhooks nor later notifications; when it is gone the e-mail is retried, and once
+/// an SMTP server answers on that address again the e-mail is delivered: nothing lost.
+#[tokio::test]
+async fn a_hanging_or_down_smtp_server_never_blocks_webhooks_and_loses_nothing() {
+    // An SMTP server that hangs: it accepts and keeps the sockets, saying nothing.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hang.local_addr().unwrap();
+    let hanging = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let hooks = WebhookSink::start(SECRET).await;
+    let h = Harness::start_with(|c| {
+        c.notifications.smtp.host = Some("127.0.0.1".into());
+        c.notifications.smtp.port = addr.port();
+        c.notifications.smtp.tls = "none".into();
+        c.notifications.smtp.timeout_secs = 300;
+    })
+    .await;
+    h.seed_users(&["ferry", "gus"]).await;
+    create_hook(&h, &hooks.url(), SECRET).await;
+    let f = h
+        .assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    hooks
+        .wait_for("NOTIFICATION_EVENT_KIND_ELIGIBLE_ASSIGNED", &f.id)
+        .await;
+    // A later notification's webhook is not held up behind the hanging e-mail either.
+    let g = h
+        .assign(AssignmentType::Eligible, "gus", BILLING, "/")
+        .await;
+    hooks
+        .wait_for("NOTIFICATION_EVENT_KIND_ELIGIBLE_ASSIGNED", &g.id)
+        .await;
+    let mail = || pb::ListDeliveriesRequest {
+        recipient: "ferry@example.test".into(),
+        ..Default::default()
+    };
+    let pending = deliveries(&h, mail()).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].status(), pb::DeliveryStatus::Pending);
+
+    // The SMTP server goes away: the attempt fails and is retried later.
+    hanging.abort();
+    let _ = hanging.await;
+    let mut failed = None;
+    for _ in 0..1000 {
+        let x = deliveries(&h, mail()).await.remove(0);
+        if x.status() == pb::DeliveryStatus::Retrying {
+            failed = Some(x);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failed = failed.expect("the e-mail attempt fails once the server is gone");
+    assert!(
+        failed.last_error.starts_with("smtp"),
+        "{}",
+        failed.last_error
+    );
+
+    // An SMTP server answers on that address again: the e-mail is delivered.
+    let smtp = SmtpSink::start_at(addr).await;
+    let next =
+        tenure_platform::clock::from_proto(failed.next_attempt_time.as_ref().unwrap()).unwrap();
+    h.clock.set(next);
+    smtp.wait_for("ferry@example.test", "is eligible for").await;
+    smtp.wait_for("gus@example.test", "is eligible for").await;
+    let done = deliveries(&h, mail()).await.remove(0);
+    assert_eq!(done.status(), pb::DeliveryStatus::Delivered);
+    assert!(done.attempts >= 2);
+    h.stop().await;
+}

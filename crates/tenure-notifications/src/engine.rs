@@ -55,6 +55,9 @@ pub struct Engine {
     pub http: reqwest::Client,
 }
 
+/// How often the audit trail is pruned to its retention.
+pub const PRUNE_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// What a rescan did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counts {
@@ -1140,6 +1143,90 @@ impl Engine {
         .rows_affected();
         if claimed == 1 {
             self.evaluate(&mut uow, &KINDS).await?;
+        }
+        uow.commit().await?;
+        Ok(())
+    }
+
+    /// Prunes the audit entries older than `keep_for_secs` (oldest first), recording
+    /// the hash of the last pruned entry as the anchor the chain now starts from
+    /// (`AuditEntriesPruned`). Nothing when the retention keeps everything.
+    pub async fn prune_audit(&self, uow: &mut Uow, keep_for_secs: i64) -> ApiResult<()> {
+        if keep_for_secs <= 0 {
+            return Ok(());
+        }
+        let cutoff = to_micros(self.now()) - keep_for_secs * 1_000_000;
+        let row = sqlx::query(
+            "SELECT MAX(sequence) AS up_to, COUNT(*) AS n FROM notifications_audit WHERE occurred_at < $1",
+        )
+        .bind(cutoff)
+        .fetch_one(&mut **uow.tx())
+        .await?;
+        let up_to: Option<i64> = row.try_get("up_to")?;
+        let n: i64 = row.try_get("n")?;
+        let Some(up_to) = up_to else { return Ok(()) };
+        let anchor: String =
+            sqlx::query_scalar("SELECT hash FROM notifications_audit WHERE sequence = $1")
+                .bind(up_to)
+                .fetch_one(&mut **uow.tx())
+                .await?;
+        sqlx::query("DELETE FROM notifications_audit WHERE sequence <= $1")
+            .bind(up_to)
+            .execute(&mut **uow.tx())
+            .await?;
+        uow.emit(NewEvent::new(
+            pb::AuditEntriesPruned {
+                up_to_sequence: up_to,
+                anchor_hash: anchor,
+                pruned_count: n,
+            },
+            "system",
+            "audit",
+        ));
+        Ok(())
+    }
+
+    /// Prunes the audit trail to its retention when the prune timer is due (every
+    /// [`PRUNE_INTERVAL`]), once across replicas; not only when the retention changes.
+    pub async fn prune_if_due(&self) -> ApiResult<()> {
+        let now = to_micros(self.now());
+        let interval = PRUNE_INTERVAL.num_microseconds().unwrap_or(3_600_000_000);
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT due_at FROM notifications_timers WHERE name = 'prune'")
+                .fetch_optional(self.db.reader())
+                .await?;
+        if due.is_some_and(|d| d > now) {
+            return Ok(());
+        }
+        let mut uow = self.log.begin().await?;
+        let claimed = match due {
+            None => {
+                sqlx::query(
+                    "INSERT INTO notifications_timers (name, due_at) VALUES ('prune', $1) ON CONFLICT DO NOTHING",
+                )
+                .bind(now + interval)
+                .execute(&mut **uow.tx())
+                .await?
+                .rows_affected()
+            }
+            Some(due) => {
+                sqlx::query(
+                    "UPDATE notifications_timers SET due_at = $1 WHERE name = 'prune' AND due_at = $2",
+                )
+                .bind(now + interval)
+                .bind(due)
+                .execute(&mut **uow.tx())
+                .await?
+                .rows_affected()
+            }
+        };
+        if claimed == 1 {
+            let keep: Option<i64> = sqlx::query_scalar(
+                "SELECT keep_for_secs FROM notifications_retention WHERE id = 1",
+            )
+            .fetch_optional(&mut **uow.tx())
+            .await?;
+            self.prune_audit(&mut uow, keep.unwrap_or(0)).await?;
         }
         uow.commit().await?;
         Ok(())

@@ -1,7 +1,7 @@
 //! The notifications context's timer: one wake-up for the next due instant (a delivery
-//! attempt, an expiry reminder, the alert rescan), re-armed when this context's log
-//! moves (a new notification queued) or when woken; no polling interval. Survives
-//! restarts: due work is in the tables.
+//! attempt, an expiry reminder, the alert rescan, pruning the audit trail), re-armed
+//! when this context's log moves (a new notification queued) or when woken; no polling
+//! interval. Survives restarts: due work is in the tables.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
         let head = engine.log.head();
         if let Err(e) = engine.rescan_if_due().await {
             tracing::warn!(error = %e, "alert rescan failed; retrying");
+        }
+        if let Err(e) = engine.prune_if_due().await {
+            tracing::warn!(error = %e, "audit pruning failed; retrying");
         }
         if let Err(e) = engine.send_due_reminders().await {
             tracing::warn!(error = %e, "expiry reminders failed; retrying");

@@ -1011,7 +1011,11 @@ async fn expiry_reminders_14_days_and_1_day_before_the_end_once_each_across_a_re
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(mails_about(&smtp, to, "eligible assignment of"), 2, "to {to}");
+        assert_eq!(
+            mails_about(&smtp, to, "eligible assignment of"),
+            2,
+            "to {to}"
+        );
     }
     let both = deliveries(
         &h,
@@ -1031,7 +1035,10 @@ async fn expiry_reminders_14_days_and_1_day_before_the_end_once_each_across_a_re
     h.clock.set(end + TimeDelta::days(1));
     h.restart().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(mails_about(&smtp, "ferry@example.test", "eligible assignment of"), 2);
+    assert_eq!(
+        mails_about(&smtp, "ferry@example.test", "eligible assignment of"),
+        2
+    );
     h.stop().await;
 }
 
@@ -1342,8 +1349,548 @@ async fn a_hanging_or_down_smtp_server_never_blocks_webhooks_and_loses_nothing()
     h.clock.set(next);
     smtp.wait_for("ferry@example.test", "is eligible for").await;
     smtp.wait_for("gus@example.test", "is eligible for").await;
-    let done = deliveries(&h, mail()).await.remove(0);
+    // The outcome is recorded just after the SMTP server accepted the message.
+    let mut done = deliveries(&h, mail()).await.remove(0);
+    for _ in 0..1000 {
+        if done.status() == pb::DeliveryStatus::Delivered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        done = deliveries(&h, mail()).await.remove(0);
+    }
     assert_eq!(done.status(), pb::DeliveryStatus::Delivered);
     assert!(done.attempts >= 2);
+    h.stop().await;
+}
+
+fn rule(
+    e: tenure_proto::common::v1::NotificationEventKind,
+    r: tenure_proto::common::v1::NotificationRecipientKind,
+) -> tenure_proto::common::v1::NotificationRule {
+    tenure_proto::common::v1::NotificationRule {
+        event_kind: e.into(),
+        recipient_kind: r.into(),
+        ..Default::default()
+    }
+}
+
+async fn put_rules(
+    h: &Harness,
+    role: &str,
+    scope: &str,
+    rules: Vec<tenure_proto::common::v1::NotificationRule>,
+) -> Result<pb::NotificationRuleSet, tonic::Status> {
+    h.notifications()
+        .update_notification_rule_set(h.req(
+            ADMIN,
+            pb::UpdateNotificationRuleSetRequest {
+                rule_set: Some(pb::NotificationRuleSet {
+                    role_id: role.into(),
+                    scope_id: scope.into(),
+                    rules,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().rule_set.unwrap())
+}
+
+async fn get_rules(
+    h: &Harness,
+    role: &str,
+    scope: &str,
+) -> Result<pb::NotificationRuleSet, tonic::Status> {
+    h.notifications()
+        .get_notification_rule_set(h.req(
+            ADMIN,
+            pb::GetNotificationRuleSetRequest {
+                role_id: role.into(),
+                scope_id: scope.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().rule_set.unwrap())
+}
+
+async fn effective(
+    h: &Harness,
+    role: &str,
+    scope: &str,
+) -> Result<Vec<pb::EffectiveNotificationRule>, tonic::Status> {
+    h.notifications()
+        .get_effective_notification_rules(h.req(
+            ADMIN,
+            pb::GetEffectiveNotificationRulesRequest {
+                role_id: role.into(),
+                scope_id: scope.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().rules)
+}
+
+/// The organisation defaults and a role's override: written, read, listed, merged in
+/// the rules in effect (with where each value came from), obeyed when an expiry
+/// reminder goes out, and deleted; unknown roles, scopes and principals are NOT_FOUND,
+/// in the rule sets and in the settings.
+#[tokio::test]
+async fn rule_sets_defaults_and_overrides_are_obeyed_and_unknown_ids_are_not_found() {
+    use tenure_proto::common::v1::{
+        ExtraRecipients, NotificationEventKind as E, NotificationRecipientKind as R, SettingOrigin,
+    };
+    let (h, smtp, _hooks) = start().await;
+    h.seed_users(&["ferry", "lisa"]).await;
+    h.assign(AssignmentType::Eligible, "lisa", PRA, "/").await;
+
+    // The defaults start empty; administrators are no longer told of expiries.
+    let empty = get_rules(&h, "", "").await.unwrap();
+    assert!(empty.rules.is_empty());
+    assert_eq!(empty.etag, "0");
+    let mut off = rule(E::ExpiringSoon, R::Administrators);
+    off.enabled = Some(false);
+    assert_status(
+        put_rules(&h, "", "", vec![off.clone()]).await,
+        Code::InvalidArgument,
+        "rules[0]",
+    );
+    off.critical_only = Some(false);
+    off.default_recipients_enabled = Some(true);
+    off.extra_recipients = Some(ExtraRecipients::default());
+    let defaults = put_rules(&h, "", "", vec![off]).await.unwrap();
+    assert_eq!(defaults.etag, "1");
+    assert_eq!(get_rules(&h, "", "").await.unwrap().rules.len(), 1);
+    // Billing Administrator's holders' expiries also go to the finance mailbox.
+    let mut finance = rule(E::ExpiringSoon, R::Assignee);
+    finance.extra_recipients = Some(ExtraRecipients {
+        email_addresses: vec!["finance@example.test".into()],
+        principal_ids: vec![],
+    });
+    put_rules(&h, BILLING, "", vec![finance.clone()])
+        .await
+        .unwrap();
+    let listed = h
+        .notifications()
+        .list_notification_rule_sets(h.req(ADMIN, pb::ListNotificationRuleSetsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .rule_sets;
+    assert_eq!(listed.len(), 1, "only overrides are listed");
+    assert_eq!(listed[0].role_id, BILLING);
+
+    // The rules in effect, with their origin.
+    let eff = effective(&h, BILLING, "").await.unwrap();
+    let find = |e: E, r: R| {
+        eff.iter()
+            .find(|x| {
+                let x = x.rule.as_ref().unwrap();
+                x.event_kind == e as i32 && x.recipient_kind == r as i32
+            })
+            .unwrap()
+            .clone()
+    };
+    let admins = find(E::ExpiringSoon, R::Administrators);
+    assert_eq!(admins.rule.as_ref().unwrap().enabled, Some(false));
+    assert_eq!(admins.origin(), SettingOrigin::OrganisationDefault);
+    let assignee = find(E::ExpiringSoon, R::Assignee);
+    assert_eq!(assignee.origin(), SettingOrigin::Role);
+    assert_eq!(
+        assignee
+            .rule
+            .as_ref()
+            .unwrap()
+            .extra_recipients
+            .as_ref()
+            .unwrap()
+            .email_addresses,
+        vec!["finance@example.test".to_owned()]
+    );
+    assert!(find(E::Activated, R::Approvers).from_role_settings);
+    assert_eq!(
+        find(E::ReviewStarted, R::Reviewers).origin(),
+        SettingOrigin::BuiltIn
+    );
+
+    // Obeyed: Ferry and the finance mailbox are reminded; Lisa, an administrator, not.
+    let end = t0() + TimeDelta::days(20);
+    assign_until(&h, "ferry", BILLING, end).await;
+    smtp.wait_for("ferry@example.test", "is eligible for").await;
+    h.clock.set(end - TimeDelta::days(14));
+    smtp.wait_for("ferry@example.test", "eligible assignment of")
+        .await;
+    smtp.wait_for("finance@example.test", "eligible assignment of")
+        .await;
+    let to_lisa = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            recipient: "lisa@example.test".into(),
+            event_kinds: vec![E::ExpiringSoon.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(to_lisa.is_empty(), "{to_lisa:?}");
+
+    // Unknown ids: NOT_FOUND naming them.
+    assert_status(
+        put_rules(&h, "no-such-role", "", vec![finance.clone()]).await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        put_rules(&h, BILLING, "/no/such/scope", vec![finance.clone()]).await,
+        Code::NotFound,
+        "/no/such/scope",
+    );
+    let mut ghost = finance.clone();
+    ghost.extra_recipients = Some(ExtraRecipients {
+        email_addresses: vec![],
+        principal_ids: vec!["ghost".into()],
+    });
+    assert_status(
+        put_rules(&h, BILLING, "", vec![ghost]).await,
+        Code::NotFound,
+        "ghost",
+    );
+    assert_status(
+        get_rules(&h, "no-such-role", "").await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        effective(&h, "no-such-role", "").await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        effective(&h, BILLING, "/nowhere").await,
+        Code::NotFound,
+        "/nowhere",
+    );
+    // A pair owned by the role settings, and one that makes no sense.
+    assert_status(
+        put_rules(&h, BILLING, "", vec![rule(E::Activated, R::Administrators)]).await,
+        Code::InvalidArgument,
+        "rules[0]",
+    );
+    assert_status(
+        put_rules(&h, BILLING, "", vec![rule(E::AlertRaised, R::Reviewers)]).await,
+        Code::InvalidArgument,
+        "rules[0]",
+    );
+    let settings = |a: pb::AdministratorsDefinition| pb::UpdateNotificationSettingsRequest {
+        settings: Some(pb::NotificationSettings {
+            administrators: Some(a),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["administrators".into()],
+        }),
+        request_id: String::new(),
+    };
+    for (a, name) in [
+        (
+            pb::AdministratorsDefinition {
+                role_ids: vec!["no-such-role".into()],
+                ..Default::default()
+            },
+            "no-such-role",
+        ),
+        (
+            pb::AdministratorsDefinition {
+                role_ids: vec![PRA.into()],
+                resource_role_ids: vec!["no-such-resource-role".into()],
+                ..Default::default()
+            },
+            "no-such-resource-role",
+        ),
+        (
+            pb::AdministratorsDefinition {
+                role_ids: vec![PRA.into()],
+                principal_ids: vec!["ghost".into()],
+                ..Default::default()
+            },
+            "ghost",
+        ),
+    ] {
+        assert_status(
+            h.notifications()
+                .update_notification_settings(h.req(ADMIN, settings(a)))
+                .await,
+            Code::NotFound,
+            name,
+        );
+    }
+    // Known ones are taken, and an explicit principal is an administrator.
+    h.notifications()
+        .update_notification_settings(h.req(
+            ADMIN,
+            settings(pb::AdministratorsDefinition {
+                role_ids: vec![PRA.into()],
+                principal_ids: vec!["ferry".into()],
+                ..Default::default()
+            }),
+        ))
+        .await
+        .unwrap();
+    let admins = h
+        .notifications()
+        .resolve_administrators(h.req(ADMIN, pb::ResolveAdministratorsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .administrators;
+    assert!(
+        admins
+            .iter()
+            .any(|a| a.email_address == "ferry@example.test"
+                && a.reason == "listed in principal_ids"),
+        "{admins:?}"
+    );
+
+    // The override is deleted; the defaults cannot be.
+    h.notifications()
+        .delete_notification_rule_set(h.req(
+            ADMIN,
+            pb::DeleteNotificationRuleSetRequest {
+                role_id: BILLING.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(get_rules(&h, BILLING, "").await.unwrap().rules.is_empty());
+    assert_status(
+        h.notifications()
+            .delete_notification_rule_set(
+                h.req(ADMIN, pb::DeleteNotificationRuleSetRequest::default()),
+            )
+            .await,
+        Code::InvalidArgument,
+        "role_id",
+    );
+    h.stop().await;
+}
+
+/// GetNotification shows a notification with its deliveries to readers and its
+/// recipients; SubscribeNotifications replays, filters, follows live, and resumes
+/// after the last sequence received.
+#[tokio::test]
+async fn get_notification_and_subscribe_notifications_with_resume() {
+    use tenure_proto::common::v1::NotificationEventKind as E;
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry", "gus", "dave"]).await;
+    let f = h
+        .assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    let g = h
+        .assign(AssignmentType::Eligible, "gus", BILLING, "/")
+        .await;
+    let subscribe = |after: i64| {
+        let h = &h;
+        async move {
+            h.notifications()
+                .subscribe_notifications(h.req(
+                    ADMIN,
+                    pb::SubscribeNotificationsRequest {
+                        after_sequence: after,
+                        event_kinds: vec![E::EligibleAssigned.into()],
+                        critical_only: false,
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut s = subscribe(0).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let n1 = first.notification.clone().unwrap();
+    let n2 = second.notification.clone().unwrap();
+    assert_eq!(n1.reference_id, f.id);
+    assert_eq!(n2.reference_id, g.id);
+    assert!(second.sequence > first.sequence);
+    // Live: a third one arrives on the open stream.
+    let d = h
+        .assign(AssignmentType::Eligible, "dave", BILLING, "/")
+        .await;
+    let third = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.notification.as_ref().unwrap().reference_id, d.id);
+    drop(s);
+    // Resumed after the first: the second comes first, nothing before it.
+    let mut resumed = subscribe(first.sequence).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.sequence, second.sequence);
+    assert_eq!(again.notification.unwrap().id, n2.id);
+    // Critical only: an eligible assignment is not critical, so nothing of these.
+    let mut critical = h
+        .notifications()
+        .subscribe_notifications(h.req(
+            ADMIN,
+            pb::SubscribeNotificationsRequest {
+                after_sequence: 0,
+                event_kinds: vec![E::EligibleAssigned.into()],
+                critical_only: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), critical.next())
+            .await
+            .is_err(),
+        "no critical eligible-assigned notification"
+    );
+    // Bad input and who may.
+    let bad = h
+        .notifications()
+        .subscribe_notifications(h.req(
+            ADMIN,
+            pb::SubscribeNotificationsRequest {
+                after_sequence: 0,
+                event_kinds: vec![99],
+                critical_only: false,
+            },
+        ))
+        .await;
+    assert_status(bad, Code::InvalidArgument, "event_kinds");
+    let denied = h
+        .notifications()
+        .subscribe_notifications(h.req("ferry", pb::SubscribeNotificationsRequest::default()))
+        .await;
+    assert_status(denied, Code::PermissionDenied, "");
+
+    // GetNotification: the reader sees it with its deliveries (e-mail to Ferry, the
+    // stream); Ferry, a recipient, may read it; Gus may not; unknown ids are NOT_FOUND.
+    let full = get_notification(&h, ADMIN, &n1.id).await.unwrap();
+    assert_eq!(full.event_kind(), E::EligibleAssigned);
+    assert!(
+        full.deliveries
+            .iter()
+            .any(|x| x.channel() == pb::Channel::Email && x.recipient == "ferry@example.test")
+    );
+    assert!(
+        full.deliveries
+            .iter()
+            .any(|x| x.channel() == pb::Channel::Stream)
+    );
+    assert_eq!(
+        get_notification(&h, "ferry", &n1.id).await.unwrap().id,
+        n1.id
+    );
+    assert_status(
+        get_notification(&h, "gus", &n1.id).await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        get_notification(&h, ADMIN, "no-such-notification").await,
+        Code::NotFound,
+        "no-such-notification",
+    );
+    h.stop().await;
+}
+
+async fn oldest(h: &Harness) -> i64 {
+    h.audit()
+        .get_audit_retention(h.req(ADMIN, pb::GetAuditRetentionRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .oldest_sequence
+}
+
+/// Entries older than the retention are pruned by the timer as time passes, not only
+/// when the retention is changed; the chain still verifies from the anchor.
+#[tokio::test]
+async fn audit_entries_older_than_the_retention_are_pruned_on_a_timer() {
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    let old = wait_audit(
+        &h,
+        pb::AuditFilter {
+            target_principal_id: "ferry".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .await;
+    let before = oldest(&h).await;
+    assert!(before > 0);
+    h.audit()
+        .update_audit_retention(h.req(
+            ADMIN,
+            pb::UpdateAuditRetentionRequest {
+                retention: Some(pb::AuditRetention {
+                    keep_for: Some(prost_types::Duration {
+                        seconds: 30 * 86400,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(oldest(&h).await, before, "nothing is old yet");
+
+    // 31 days on, with no change to the retention: the timer prunes.
+    h.clock.set(t0() + TimeDelta::days(31));
+    let mut after = before;
+    for _ in 0..1000 {
+        after = oldest(&h).await;
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        after > old.iter().map(|e| e.sequence).max().unwrap(),
+        "{after}"
+    );
+    // Everything that happened on the first day is gone.
+    let left = audit_of(
+        &h,
+        pb::AuditFilter {
+            end_time: Some(tenure_platform::clock::to_proto(t0() + TimeDelta::days(1))),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(left.is_empty(), "{left:?}");
+    let pruned = all_audit(&h).await;
+    assert!(
+        pruned.iter().any(|e| e.action == "AuditEntriesPruned"),
+        "the pruning is itself audited"
+    );
+    let v = h
+        .audit()
+        .verify_audit_chain(h.req(ADMIN, pb::VerifyAuditChainRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.valid, "{v:?}");
     h.stop().await;
 }

@@ -1894,3 +1894,116 @@ async fn audit_entries_older_than_the_retention_are_pruned_on_a_timer() {
     assert!(v.valid, "{v:?}");
     h.stop().await;
 }
+
+/// An activation re-evaluates "activated too frequently" for its own principal and
+/// role only: Ferry's incident clears when he activates again later, Gus's stands
+/// until something about Gus, or the rescan, looks at it; then the alert resolves.
+#[tokio::test]
+async fn an_activation_reevaluates_only_its_own_principal_and_role() {
+    // The periodic rescan is a month away: only events and explicit rescans evaluate.
+    let h = Harness::start_with(|c| c.notifications.alert_rescan_interval_secs = 30 * 86400).await;
+    h.seed_users(&["ferry", "gus"]).await;
+    for p in ["ferry", "gus"] {
+        h.assign(AssignmentType::Eligible, p, BILLING, "/").await;
+    }
+    set_activation(&h, BILLING, no_approval()).await;
+    let kind = pb::AlertKind::RolesActivatedTooFrequently;
+    h.alerts()
+        .update_alert_settings(h.req(
+            ADMIN,
+            pb::UpdateAlertSettingsRequest {
+                settings: Some(pb::AlertSettings {
+                    kind: kind.into(),
+                    thresholds: Some(pb::alert_settings::Thresholds::ActivatedTooFrequently(
+                        pb::ActivatedTooFrequentlyThresholds {
+                            activation_count: 2,
+                            window: Some(prost_types::Duration {
+                                seconds: 3600,
+                                nanos: 0,
+                            }),
+                        },
+                    )),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["thresholds".into()],
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut last = std::collections::HashMap::new();
+    for p in ["ferry", "gus"] {
+        let first = activate(&h, p).await;
+        h.clock.advance(TimeDelta::minutes(5));
+        deactivate(&h, p, &first.id).await;
+        last.insert(p, activate(&h, p).await.id);
+    }
+    let incidents_of = |a: &pb::Alert| {
+        let mut v: Vec<String> = a
+            .incidents
+            .iter()
+            .map(|i| i.principal.as_ref().unwrap().id.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut alert = None;
+    for _ in 0..1000 {
+        if let Some(a) = alerts_of(&h, kind)
+            .await
+            .into_iter()
+            .find(|a| a.status() == pb::AlertStatus::Active && a.incident_count == 2)
+        {
+            alert = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let alert = alert.expect("both too frequent");
+    let get = |id: String| {
+        let h = &h;
+        async move {
+            h.alerts()
+                .get_alert(h.req(ADMIN, pb::GetAlertRequest { id }))
+                .await
+                .unwrap()
+                .into_inner()
+                .alert
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        incidents_of(&get(alert.id.clone()).await),
+        vec!["ferry", "gus"]
+    );
+
+    // An hour on, Ferry activates once: his incident clears; Gus's, whose first
+    // activation has left the window too, is not looked at.
+    h.clock.advance(TimeDelta::minutes(55));
+    deactivate(&h, "ferry", &last["ferry"]).await;
+    activate(&h, "ferry").await;
+    let mut now = get(alert.id.clone()).await;
+    for _ in 0..1000 {
+        if now.incident_count == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        now = get(alert.id.clone()).await;
+    }
+    assert_eq!(now.status(), pb::AlertStatus::Active);
+    assert_eq!(incidents_of(&now), vec!["gus"]);
+    // The rescan looks at everything: Gus's activations are out of the window too.
+    h.contexts
+        .notifications
+        .as_ref()
+        .unwrap()
+        .engine
+        .rescan(&[kind])
+        .await
+        .unwrap();
+    let resolved = wait_alert(&h, kind, pb::AlertStatus::Resolved).await;
+    assert_eq!(resolved.id, alert.id);
+    h.stop().await;
+}

@@ -290,6 +290,40 @@ impl Engine {
         Ok(counts)
     }
 
+    /// Evaluates `kinds` for one principal's use of one role only (after an
+    /// activation): reads that pair's assignments and activations instead of the
+    /// whole projection, and reconciles only the incidents about that pair; the other
+    /// incidents of the same alerts are left as they are (the next event about them,
+    /// or the rescan, looks at them).
+    pub async fn evaluate_pair(
+        &self,
+        uow: &mut Uow,
+        kinds: &[pb::AlertKind],
+        principal_id: &str,
+        role_id: &str,
+    ) -> ApiResult<Counts> {
+        let now = self.now();
+        let world = project::world_of(uow.tx(), now, principal_id, role_id).await?;
+        let mut keys: BTreeSet<String> = world
+            .assignments
+            .iter()
+            .map(|a| alerts::assignment_key(&a.id))
+            .collect();
+        keys.insert(alerts::frequent_key(principal_id, role_id));
+        let mut counts = Counts::default();
+        for kind in kinds {
+            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let found = alerts::evaluate(&settings, &world);
+            let c = self
+                .reconcile_in(uow, &settings, found, now, Some(&keys))
+                .await?;
+            counts.raised += c.raised;
+            counts.updated += c.updated;
+            counts.resolved += c.resolved;
+        }
+        Ok(counts)
+    }
+
     /// Evaluates every kind in a unit of work of its own (rescans).
     pub async fn rescan(&self, kinds: &[pb::AlertKind]) -> ApiResult<Counts> {
         let kinds = if kinds.is_empty() { &KINDS[..] } else { kinds };
@@ -350,9 +384,24 @@ impl Engine {
         &self,
         uow: &mut Uow,
         settings: &pb::AlertSettings,
-        mut found: BTreeMap<String, pb::AlertIncident>,
+        found: BTreeMap<String, pb::AlertIncident>,
         now: DateTime<Utc>,
     ) -> ApiResult<Counts> {
+        self.reconcile_in(uow, settings, found, now, None).await
+    }
+
+    /// Reconciles the alert of a kind with the incidents `found`. With `only`, the
+    /// evaluation covered just those incident keys: incidents outside them stay as
+    /// stored, and only dismissals of those keys can be forgotten.
+    async fn reconcile_in(
+        &self,
+        uow: &mut Uow,
+        settings: &pb::AlertSettings,
+        mut found: BTreeMap<String, pb::AlertIncident>,
+        now: DateTime<Utc>,
+        only: Option<&BTreeSet<String>>,
+    ) -> ApiResult<Counts> {
+        let covered = |key: &str| only.is_none_or(|k| k.contains(key));
         let kind = pb::AlertKind::try_from(settings.kind).unwrap_or(pb::AlertKind::Unspecified);
         let mut counts = Counts::default();
         // Dismissed incidents do not raise again while they stand; once they clear they
@@ -364,7 +413,7 @@ impl Engine {
         .fetch_all(&mut **uow.tx())
         .await?;
         for key in dismissed {
-            if found.remove(&key).is_none() {
+            if found.remove(&key).is_none() && covered(&key) {
                 sqlx::query("DELETE FROM notifications_alert_dismissed WHERE kind = $1 AND incident_key = $2")
                     .bind(kind as i64)
                     .bind(&key)
@@ -374,6 +423,18 @@ impl Engine {
         }
         let nowp = to_proto(now);
         let existing = self.active_alert(uow.tx(), kind).await?;
+        // Incidents the evaluation did not cover still stand.
+        let kept: BTreeSet<String> = match (&existing, only) {
+            (Some((_, stored)), Some(_)) => stored
+                .iter()
+                .filter(|(k, _)| !covered(k))
+                .map(|(k, inc)| {
+                    found.entry(k.clone()).or_insert_with(|| inc.clone());
+                    k.clone()
+                })
+                .collect(),
+            _ => BTreeSet::new(),
+        };
         match existing {
             None if found.is_empty() => {}
             None => {
@@ -449,6 +510,9 @@ impl Engine {
                 }
                 let mut changed_detail = false;
                 for (key, mut inc) in found {
+                    if kept.contains(&key) {
+                        continue;
+                    }
                     match stored.get(&key) {
                         Some(old) => {
                             inc.id.clone_from(&old.id);

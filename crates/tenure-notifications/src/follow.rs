@@ -97,6 +97,19 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
                     .unwrap_or_else(|| e.now());
                 project::record_use(uow.tx(), &p.id, at, "signed in").await?;
             }
+            // An activation concerns one principal and one role: those kinds are
+            // evaluated for that pair only, not over the whole projection.
+            if let Some(asg::event::Payload::InstanceActivated(x)) = &event.payload
+                && let Some(i) = &x.instance
+                && let (Some(p), Some(r)) = (&i.principal, &i.role)
+            {
+                let pair = [
+                    pb::AlertKind::RolesActivatedTooFrequently,
+                    pb::AlertKind::AdminsNotUsingPrivilegedRoles,
+                ];
+                kinds.retain(|k| !pair.contains(k));
+                e.evaluate_pair(uow, &pair, &p.id, &r.id).await?;
+            }
             if !kinds.is_empty() {
                 kinds.sort_by_key(|k| *k as i32);
                 kinds.dedup();

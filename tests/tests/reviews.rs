@@ -1304,6 +1304,15 @@ async fn a_changed_or_disabled_schedule_starts_the_next_round_accordingly_or_not
             .all(|r| r.status() != rv::RoundStatus::InProgress),
         "{done:?}"
     );
+    // A start moved into the future: the next round is at the new start.
+    let mut moved = get_def(&h, &a.id).await;
+    let later = three_months + TimeDelta::days(40);
+    moved.schedule.as_mut().unwrap().start_time = Some(to_proto(later));
+    let moved = update(&h, moved, &["schedule"]).await.unwrap();
+    assert_eq!(moved.next_round_time, Some(to_proto(later)));
+    move_to(&h, later).await;
+    let v = wait_rounds(&h, &a.id, 4).await;
+    assert_eq!(v[0].start_time, Some(to_proto(later)));
     h.stop().await;
 }
 
@@ -2027,19 +2036,31 @@ async fn review_started_reminder_and_completed_reach_the_reviewers_by_email() {
         .collect();
     assert_eq!(to_kenneth.len(), 3, "{to_kenneth:?}");
     // In the delivery log, each went to Kenneth as a reviewer and was delivered.
-    let log = h
-        .notifications()
-        .list_deliveries(h.req(
-            ADMIN,
-            tenure_proto::notifications::v1::ListDeliveriesRequest {
-                recipient: to.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .deliveries;
+    // (the outcome is written just after the SMTP server accepted the message)
+    let mut log = Vec::new();
+    for _ in 0..1000 {
+        log = h
+            .notifications()
+            .list_deliveries(h.req(
+                ADMIN,
+                tenure_proto::notifications::v1::ListDeliveriesRequest {
+                    recipient: to.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        if log.len() == 3
+            && log
+                .iter()
+                .all(|d| d.status() == tenure_proto::notifications::v1::DeliveryStatus::Delivered)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(log.len(), 3);
     for d in &log {
         assert_eq!(

@@ -55,8 +55,12 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Workloads to run, comma-separated: access, activation, throughput, streams,
-    /// restart (cold start and memory; only when the harness starts the server).
-    #[arg(long, default_value = "access,activation,throughput,streams,restart")]
+    /// alerts (activation → alert stream), audit (CSV export), restart (cold start and
+    /// memory; only when the harness starts the server).
+    #[arg(
+        long,
+        default_value = "access,activation,throughput,streams,alerts,audit,restart"
+    )]
     workloads: String,
     /// Principals of the access data set (one in ten is a group).
     #[arg(long, default_value_t = 10_000)]
@@ -444,9 +448,9 @@ async fn measure(
     if want("access") {
         workloads::access(&c, &ds, &knobs, p, rep).await?;
     }
-    if want("activation") || want("throughput") {
+    if want("activation") || want("throughput") || want("alerts") {
         let tokens = c.tokens(&ds.activators).await?;
-        let slots = workloads::Slots::new(&ds, tokens);
+        let slots = workloads::Slots::new(&ds, tokens.clone());
         let goal = if args.database_url.is_some() {
             50.0
         } else {
@@ -458,9 +462,16 @@ async fn measure(
         if want("throughput") {
             workloads::activation_throughput(&c, &slots, &knobs, p, rep).await?;
         }
+        // Last of the three: it lowers the "activated too frequently" threshold.
+        if want("alerts") {
+            workloads::alerts(&c, &ds, &tokens, &knobs, p, rep).await?;
+        }
     }
     if want("streams") {
         workloads::streams(&c, &ds, &knobs, p, rep).await?;
+    }
+    if want("audit") {
+        workloads::audit_export(&c, rep).await?;
     }
     Ok(ds)
 }

@@ -51,6 +51,8 @@ pub struct Engine {
     pub smtp_password: Option<String>,
     /// Wakes the timer (deliveries, reminders, rescans).
     pub timer_wake: Notify,
+    /// Wakes the evaluation of alert kinds marked by events.
+    pub alert_wake: Notify,
     /// The HTTP client of webhooks.
     pub http: reqwest::Client,
 }
@@ -322,6 +324,60 @@ impl Engine {
             counts.resolved += c.resolved;
         }
         Ok(counts)
+    }
+
+    /// Marks alert kinds for evaluation (in the event's unit of work, so the mark
+    /// commits with the cursor and survives a crash). [`Engine::evaluate_marked`]
+    /// evaluates all marked kinds at once: a burst of events (a bulk load, a sync)
+    /// costs one scan of the projections per pass, not one per event.
+    pub async fn mark(&self, uow: &mut Uow, kinds: &[pb::AlertKind]) -> ApiResult<()> {
+        for k in kinds {
+            sqlx::query(
+                "INSERT INTO notifications_alert_dirty (kind, version) VALUES ($1, 1) \
+                 ON CONFLICT (kind) DO UPDATE SET version = notifications_alert_dirty.version + 1",
+            )
+            .bind(*k as i64)
+            .execute(&mut **uow.tx())
+            .await?;
+        }
+        if !kinds.is_empty() {
+            self.alert_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Evaluates the marked kinds together in one unit of work. Each mark is claimed
+    /// by its version first, so racing replicas evaluate it once, and a mark made
+    /// meanwhile stays for the next pass. Returns how many kinds it evaluated.
+    pub async fn evaluate_marked(&self) -> ApiResult<usize> {
+        let rows = sqlx::query("SELECT kind, version FROM notifications_alert_dirty")
+            .fetch_all(self.db.reader())
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut uow = self.log.begin().await?;
+        let mut kinds = Vec::new();
+        for row in rows {
+            let k: i64 = row.try_get("kind")?;
+            let v: i64 = row.try_get("version")?;
+            let claimed = sqlx::query(
+                "DELETE FROM notifications_alert_dirty WHERE kind = $1 AND version = $2",
+            )
+            .bind(k)
+            .bind(v)
+            .execute(&mut **uow.tx())
+            .await?
+            .rows_affected();
+            if claimed == 1
+                && let Ok(kind) = pb::AlertKind::try_from(i32::try_from(k).unwrap_or(0))
+            {
+                kinds.push(kind);
+            }
+        }
+        self.evaluate(&mut uow, &kinds).await?;
+        uow.commit().await?;
+        Ok(kinds.len())
     }
 
     /// Evaluates every kind in a unit of work of its own (rescans).

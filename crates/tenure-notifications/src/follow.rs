@@ -1,7 +1,10 @@
 //! The consumers of the other contexts' streams (and of this context's own, for the
 //! audit trail). Each event is handled in the unit of work that also stores the
-//! consumer's cursor: its audit entry, the projections, the alerts it affects and the
-//! notifications it causes commit together, exactly once.
+//! consumer's cursor: its audit entry, the projections, the notifications it causes,
+//! and the alerts it affects commit together, exactly once. An activation's alerts
+//! are reconciled there for its principal and role; other events mark the alert kinds
+//! they affect, and those are evaluated together right after
+//! ([`crate::timers::evaluate_marked`]).
 
 use std::sync::Arc;
 
@@ -113,7 +116,7 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
             if !kinds.is_empty() {
                 kinds.sort_by_key(|k| *k as i32);
                 kinds.dedup();
-                e.evaluate(uow, &kinds).await?;
+                e.mark(uow, &kinds).await?;
             }
             if let Some(asg::event::Payload::AssignmentCreated(x)) = &event.payload
                 && let Some(a) = &x.assignment

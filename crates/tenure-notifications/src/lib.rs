@@ -111,6 +111,7 @@ impl NotificationsContext {
             config,
             smtp_password,
             timer_wake: tokio::sync::Notify::new(),
+            alert_wake: tokio::sync::Notify::new(),
             http,
         });
         if let Err(e) = service_token.get() {
@@ -162,6 +163,7 @@ impl NotificationsContext {
             .run(stop.clone()),
         );
         tokio::spawn(timers::run(engine.clone(), stop.clone()));
+        tokio::spawn(timers::evaluate_marked(engine.clone(), stop.clone()));
         let loader = engine.clone();
         let stop2 = stop.clone();
         tokio::spawn(async move {

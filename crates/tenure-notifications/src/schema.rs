@@ -198,7 +198,8 @@ CREATE TABLE notifications_p_break_glass (
 "#;
 
 /// Who reviews in each round, from the reviews stream (`RoundStarted`, `StageStarted`),
-/// so that the round's completion reaches every reviewer.
+/// so that the round's completion reaches every reviewer; and the alert kinds waiting
+/// to be evaluated.
 const V2: &str = r#"
 CREATE TABLE notifications_review_reviewers (
     round_id TEXT NOT NULL,
@@ -207,6 +208,12 @@ CREATE TABLE notifications_review_reviewers (
     display_name TEXT NOT NULL,
     upn TEXT NOT NULL,
     PRIMARY KEY (round_id, principal_id)
+);
+-- Alert kinds an event affected and that are not evaluated since; the version moves
+-- with each mark, so an evaluation claims exactly the marks it saw.
+CREATE TABLE notifications_alert_dirty (
+    kind BIGINT PRIMARY KEY,
+    version BIGINT NOT NULL
 );
 "#;
 
@@ -230,7 +237,7 @@ pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
         },
         MigrationSpec {
             version: MIGRATION_BASE + 200,
-            description: "the reviewers of each review round (for review notifications)".into(),
+            description: "review round reviewers; alert kinds waiting for evaluation".into(),
             sql: V2.into(),
         },
     ]

@@ -53,3 +53,43 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
         }
     }
 }
+
+/// Evaluates the alert kinds that events marked, until `stop`: woken by each mark;
+/// while marks keep coming, one pass follows the other, each over all marked kinds.
+/// A mark wakes this before the event's unit of work has committed, so after a
+/// wake-up that finds nothing it looks again a few times over the next ~200 ms; and
+/// once a second in any case.
+pub async fn evaluate_marked(engine: Arc<Engine>, stop: CancellationToken) {
+    const SETTLE_MS: [u64; 7] = [1, 2, 5, 10, 25, 50, 100];
+    loop {
+        let woken = engine.alert_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match engine.evaluate_marked().await {
+            Ok(0) => {}
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "evaluating marked alert kinds failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = &mut woken => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        }
+        for ms in SETTLE_MS {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            }
+            match engine.evaluate_marked().await {
+                Ok(0) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "evaluating marked alert kinds failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}

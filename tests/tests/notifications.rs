@@ -1014,7 +1014,11 @@ async fn expiry_reminders_14_days_and_1_day_before_the_end_once_each_across_a_re
         assert_eq!(
             mails_about(&smtp, to, "eligible assignment of"),
             2,
-            "to {to}"
+            "to {to}: {:?}",
+            smtp.received()
+                .iter()
+                .map(|m| (m.to.clone(), m.subject()))
+                .collect::<Vec<_>>()
         );
     }
     let both = deliveries(
@@ -1911,6 +1915,17 @@ async fn audit_entries_older_than_the_retention_are_pruned_on_a_timer() {
 async fn an_activation_reevaluates_only_its_own_principal_and_role() {
     // The periodic rescan is a month away: only events and explicit rescans evaluate.
     let h = Harness::start_with(|c| c.notifications.alert_rescan_interval_secs = 30 * 86400).await;
+    // The first full scan after start is over (it would look at everything).
+    h.contexts
+        .notifications
+        .as_ref()
+        .unwrap()
+        .engine
+        .first_scan_done
+        .subscribe()
+        .wait_for(|done| *done)
+        .await
+        .unwrap();
     h.seed_users(&["ferry", "gus"]).await;
     for p in ["ferry", "gus"] {
         h.assign(AssignmentType::Eligible, p, BILLING, "/").await;

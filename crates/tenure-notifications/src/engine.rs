@@ -53,6 +53,9 @@ pub struct Engine {
     pub timer_wake: Notify,
     /// Wakes the evaluation of alert kinds marked by events.
     pub alert_wake: Notify,
+    /// True once the role catalogue is loaded and the first full alert scan is done
+    /// (it runs shortly after start, once the assignments context answers).
+    pub first_scan_done: tokio::sync::watch::Sender<bool>,
     /// The HTTP client of webhooks.
     pub http: reqwest::Client,
 }

@@ -112,6 +112,7 @@ impl NotificationsContext {
             smtp_password,
             timer_wake: tokio::sync::Notify::new(),
             alert_wake: tokio::sync::Notify::new(),
+            first_scan_done: tokio::sync::watch::Sender::new(false),
             http,
         });
         if let Err(e) = service_token.get() {
@@ -174,6 +175,7 @@ impl NotificationsContext {
                         if let Err(e) = loader.rescan(&[]).await {
                             tracing::warn!(error = %e, "first alert scan failed");
                         }
+                        loader.first_scan_done.send_replace(true);
                         return;
                     }
                     Err(e) => tracing::debug!(error = %e, "loading the role catalogue; retrying"),

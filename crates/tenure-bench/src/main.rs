@@ -448,6 +448,9 @@ async fn measure(
     if want("access") {
         workloads::access(&c, &ds, &knobs, p, rep).await?;
     }
+    if want("alerts") || want("audit") {
+        workloads::notifications_catch_up(&c, &ds, rep).await?;
+    }
     if want("activation") || want("throughput") || want("alerts") {
         let tokens = c.tokens(&ds.activators).await?;
         let slots = workloads::Slots::new(&ds, tokens.clone());

@@ -349,9 +349,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Evaluates the marked kinds together in one unit of work. Each mark is claimed
-    /// by its version first, so racing replicas evaluate it once, and a mark made
-    /// meanwhile stays for the next pass. Returns how many kinds it evaluated.
+    /// Evaluates the marked kinds together. The projections are read on a reader
+    /// connection, outside the write transaction (on SQLite, one writer serves the
+    /// whole process: a scan inside it would hold up every consumer); the write
+    /// transaction then claims each mark by the version seen before the read, and
+    /// reconciles. A mark made after that read has a newer version, so it stays for
+    /// the next pass, which reads again. Returns how many kinds it evaluated.
     pub async fn evaluate_marked(&self) -> ApiResult<usize> {
         let rows = sqlx::query("SELECT kind, version FROM notifications_alert_dirty")
             .fetch_all(self.db.reader())
@@ -359,6 +362,13 @@ impl Engine {
         if rows.is_empty() {
             return Ok(0);
         }
+        let now = self.now();
+        let world = {
+            let mut tx = self.db.reader().begin().await?;
+            let w = project::world(&mut tx, now).await?;
+            tx.rollback().await?;
+            w
+        };
         let mut uow = self.log.begin().await?;
         let mut kinds = Vec::new();
         for row in rows {
@@ -378,7 +388,11 @@ impl Engine {
                 kinds.push(kind);
             }
         }
-        self.evaluate(&mut uow, &kinds).await?;
+        for kind in &kinds {
+            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let found = alerts::evaluate(&settings, &world);
+            self.reconcile(&mut uow, &settings, found, now).await?;
+        }
         uow.commit().await?;
         Ok(kinds.len())
     }

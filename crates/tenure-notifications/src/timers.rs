@@ -55,7 +55,7 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
 }
 
 /// Evaluates the alert kinds that events marked, until `stop`: woken by each mark;
-/// while marks keep coming, one pass follows the other, each over all marked kinds.
+/// while marks keep coming, a pass over all marked kinds every 50 ms.
 /// A mark wakes this before the event's unit of work has committed, so after a
 /// wake-up that finds nothing it looks again a few times over the next ~200 ms; and
 /// once a second in any case.
@@ -67,7 +67,14 @@ pub async fn evaluate_marked(engine: Arc<Engine>, stop: CancellationToken) {
         woken.as_mut().enable();
         match engine.evaluate_marked().await {
             Ok(0) => {}
-            Ok(_) => continue,
+            Ok(_) => {
+                // Let marks gather: under a burst of events, one scan per 50 ms.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "evaluating marked alert kinds failed; retrying");
             }

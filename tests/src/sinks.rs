@@ -64,9 +64,14 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    /// Starts it.
+    /// Starts it on a free loopback port.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts it on `addr` (for a server that comes back where one was before).
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mails = Arc::new(Mutex::new(Vec::new()));
         let m = mails.clone();

@@ -905,3 +905,1129 @@ async fn bad_input_is_refused_naming_the_field() {
     );
     h.stop().await;
 }
+
+/// Creates an eligible assignment of `role` to `who` at "/" ending at `end`.
+async fn assign_until(
+    h: &Harness,
+    who: &str,
+    role: &str,
+    end: chrono::DateTime<chrono::Utc>,
+) -> asg::Assignment {
+    h.assignments()
+        .create_assignment(h.req_mfa(
+            ADMIN,
+            asg::CreateAssignmentRequest {
+                assignment_type: AssignmentType::Eligible.into(),
+                principal_id: who.into(),
+                role_id: role.into(),
+                scope_id: "/".into(),
+                schedule: Some(asg::ScheduleInput {
+                    start_time: None,
+                    expiration: Some(asg::schedule_input::Expiration::EndTime(
+                        tenure_platform::clock::to_proto(end),
+                    )),
+                }),
+                justification: "test".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment
+        .unwrap()
+}
+
+fn mails_about(smtp: &SmtpSink, to: &str, needle: &str) -> usize {
+    smtp.received()
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == to) && m.subject().contains(needle))
+        .count()
+}
+
+async fn get_notification(
+    h: &Harness,
+    who: &str,
+    id: &str,
+) -> Result<pb::Notification, tonic::Status> {
+    h.notifications()
+        .get_notification(h.req(who, pb::GetNotificationRequest { id: id.into() }))
+        .await
+        .map(|r| r.into_inner().notification.unwrap())
+}
+
+async fn deliveries(h: &Harness, r: pb::ListDeliveriesRequest) -> Vec<pb::Delivery> {
+    h.notifications()
+        .list_deliveries(h.req(ADMIN, r))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries
+}
+
+/// Expiry reminders go out 14 days and 1 day before an eligible assignment ends, to
+/// the holder and the administrators, each exactly once, also across a restart; the
+/// 1-day one is critical.
+#[tokio::test]
+async fn expiry_reminders_14_days_and_1_day_before_the_end_once_each_across_a_restart() {
+    let (mut h, smtp, _hooks) = start().await;
+    h.seed_users(&["ferry", "lisa"]).await;
+    h.assign(AssignmentType::Eligible, "lisa", PRA, "/").await;
+    let end = t0() + TimeDelta::days(30);
+    let a = assign_until(&h, "ferry", BILLING, end).await;
+    // The notifications context has taken the assignment in when its e-mail went out.
+    smtp.wait_for("ferry@example.test", "is eligible for").await;
+
+    h.clock.set(end - TimeDelta::days(14));
+    for to in ["ferry@example.test", "lisa@example.test"] {
+        let m = smtp.wait_for(to, "eligible assignment of").await;
+        assert!(m.text().contains("Billing Administrator"), "{}", m.text());
+        assert!(m.text().contains("2030-01-31 00:00 UTC"), "{}", m.text());
+    }
+    let first = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            recipient: "ferry@example.test".into(),
+            event_kinds: vec![tenure_proto::common::v1::NotificationEventKind::ExpiringSoon.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(first.len(), 1);
+    let n = get_notification(&h, ADMIN, &first[0].notification_id)
+        .await
+        .unwrap();
+    assert!(!n.critical, "the 14-day reminder is not critical");
+    assert_eq!(n.reference_id, a.id);
+
+    // A restart in between sends nothing again.
+    h.restart().await;
+    h.clock.set(end - TimeDelta::days(14) + TimeDelta::hours(1));
+    h.clock.set(end - TimeDelta::days(1));
+    for to in ["ferry@example.test", "lisa@example.test"] {
+        for _ in 0..1000 {
+            if mails_about(&smtp, to, "eligible assignment of") >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            mails_about(&smtp, to, "eligible assignment of"),
+            2,
+            "to {to}: {:?}",
+            smtp.received()
+                .iter()
+                .map(|m| (m.to.clone(), m.subject()))
+                .collect::<Vec<_>>()
+        );
+    }
+    let both = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            recipient: "ferry@example.test".into(),
+            event_kinds: vec![tenure_proto::common::v1::NotificationEventKind::ExpiringSoon.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(both.len(), 2);
+    let last = get_notification(&h, ADMIN, &both[0].notification_id)
+        .await
+        .unwrap();
+    assert!(last.critical, "the 1-day reminder is critical");
+    // After the end, nothing more.
+    h.clock.set(end + TimeDelta::days(1));
+    h.restart().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mails_about(&smtp, "ferry@example.test", "eligible assignment of"),
+        2
+    );
+    h.stop().await;
+}
+
+async fn alerts_of(h: &Harness, kind: pb::AlertKind) -> Vec<pb::Alert> {
+    h.alerts()
+        .list_alerts(h.req(
+            ADMIN,
+            pb::ListAlertsRequest {
+                kinds: vec![kind.into()],
+                statuses: vec![
+                    pb::AlertStatus::Active.into(),
+                    pb::AlertStatus::Resolved.into(),
+                    pb::AlertStatus::Dismissed.into(),
+                ],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts
+}
+
+async fn wait_alert(h: &Harness, kind: pb::AlertKind, status: pb::AlertStatus) -> pb::Alert {
+    for _ in 0..1000 {
+        if let Some(a) = alerts_of(h, kind)
+            .await
+            .into_iter()
+            .find(|a| a.status() == status)
+        {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no {status:?} alert of {kind:?}: {:?}",
+        alerts_of(h, kind).await
+    );
+}
+
+/// Nothing happens but time: the rescan timer raises "potential stale accounts" once
+/// Ferry has not signed in for 30 days; his next sign-in clears it and the alert
+/// resolves itself.
+#[tokio::test]
+async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition_resolves_it() {
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    h.assign(
+        AssignmentType::Eligible,
+        "ferry",
+        "global-administrator",
+        "/",
+    )
+    .await;
+    let signed_in = |at: chrono::DateTime<chrono::Utc>| asg::UpsertPrincipalsRequest {
+        principals: vec![asg::Principal {
+            id: "ferry".into(),
+            r#type: PrincipalType::User.into(),
+            display_name: "Ferry".into(),
+            user_principal_name: "ferry@example.test".into(),
+            last_sign_in_time: Some(tenure_platform::clock::to_proto(at)),
+            ..Default::default()
+        }],
+        request_id: String::new(),
+    };
+    h.principals()
+        .upsert_principals(h.req(ADMIN, signed_in(t0())))
+        .await
+        .unwrap();
+    // A day later nothing is stale.
+    h.clock.set(t0() + TimeDelta::days(1));
+    let stale = pb::AlertKind::PotentialStaleAccounts;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        alerts_of(&h, stale)
+            .await
+            .iter()
+            .all(|a| a.status() != pb::AlertStatus::Active)
+    );
+    // 31 days without a sign-in, and no event at all: the timer's rescan raises it.
+    h.clock.set(t0() + TimeDelta::days(31));
+    let raised = wait_alert(&h, stale, pb::AlertStatus::Active).await;
+    assert_eq!(raised.incident_count, 1);
+    let incidents = h
+        .alerts()
+        .list_alert_incidents(h.req(
+            ADMIN,
+            pb::ListAlertIncidentsRequest {
+                alert_id: raised.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(incidents[0].principal.as_ref().unwrap().id, "ferry");
+    // Ferry signs in: the condition clears and the alert resolves itself.
+    h.principals()
+        .upsert_principals(h.req(ADMIN, signed_in(t0() + TimeDelta::days(31))))
+        .await
+        .unwrap();
+    let resolved = wait_alert(&h, stale, pb::AlertStatus::Resolved).await;
+    assert_eq!(resolved.id, raised.id);
+    h.stop().await;
+}
+
+async fn create_hook(h: &Harness, url: &str, secret: &str) -> pb::Webhook {
+    h.notifications()
+        .create_webhook(h.req(
+            ADMIN,
+            pb::CreateWebhookRequest {
+                webhook: Some(pb::Webhook {
+                    display_name: "SOC".into(),
+                    url: url.into(),
+                    secret: secret.into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
+        .unwrap()
+}
+
+/// A webhook that refuses every delivery (its receiver holds another secret) is
+/// retried with a doubling backoff, capped at an hour, and after 24 hours the delivery
+/// is dead with the reason; the log shows every attempt. RetryDelivery queues it again.
+#[tokio::test]
+async fn a_refused_webhook_is_retried_with_backoff_then_dead_with_the_reason() {
+    let (h, _smtp, hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    let hook = create_hook(&h, &hooks.url(), "another-secret-0123456789abcdef-0123").await;
+    h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    let find = || pb::ListDeliveriesRequest {
+        recipient: hook.id.clone(),
+        event_kinds: vec![tenure_proto::common::v1::NotificationEventKind::EligibleAssigned.into()],
+        ..Default::default()
+    };
+    let mut d = None;
+    for _ in 0..1000 {
+        if let Some(x) = deliveries(&h, find()).await.into_iter().next()
+            && x.attempts >= 1
+        {
+            d = Some(x);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut d = d.expect("a first attempt");
+    assert_eq!(d.status(), pb::DeliveryStatus::Retrying);
+    assert!(d.last_error.starts_with("HTTP 401"), "{}", d.last_error);
+    let created = tenure_platform::clock::from_proto(d.create_time.as_ref().unwrap()).unwrap();
+    let mut gaps = Vec::new();
+    let mut last_attempt = created;
+    while d.status() == pb::DeliveryStatus::Retrying {
+        let next =
+            tenure_platform::clock::from_proto(d.next_attempt_time.as_ref().unwrap()).unwrap();
+        gaps.push((next - last_attempt).num_seconds());
+        last_attempt = next;
+        let attempts = d.attempts;
+        h.clock.set(next);
+        let mut moved = None;
+        for _ in 0..1000 {
+            let x = deliveries(&h, find()).await.remove(0);
+            if x.attempts > attempts {
+                moved = Some(x);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        d = moved.expect("the next attempt");
+        assert!(d.attempts < 60, "gives up in the end");
+    }
+    assert_eq!(d.status(), pb::DeliveryStatus::Dead);
+    assert!(d.last_error.starts_with("HTTP 401"), "{}", d.last_error);
+    assert_eq!(&gaps[..5], &[1, 2, 4, 8, 16], "doubling from one second");
+    assert!(
+        gaps.iter().all(|g| *g <= 3600),
+        "at most an hour apart: {gaps:?}"
+    );
+    assert!(
+        last_attempt - created <= TimeDelta::hours(24)
+            && last_attempt - created > TimeDelta::hours(23),
+        "retried for up to 24 hours"
+    );
+    // Every attempt reached the receiver.
+    let calls = hooks
+        .received()
+        .iter()
+        .filter(|c| c.notification_id == d.notification_id)
+        .count();
+    assert_eq!(i32::try_from(calls).unwrap(), d.attempts);
+    // Dead in the log; a NotificationFailed event says why.
+    let dead = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            statuses: vec![pb::DeliveryStatus::Dead.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(dead.iter().any(|x| x.id == d.id));
+    let events = h
+        .contexts
+        .notifications
+        .as_ref()
+        .unwrap()
+        .log
+        .read_after(0, 10_000)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| matches!(
+        &e.payload,
+        Some(pb::event::Payload::NotificationFailed(f)) if f.delivery.as_ref().is_some_and(|x| x.id == d.id && x.last_error.starts_with("HTTP 401"))
+    )));
+    // Queued again by hand: PENDING with its attempts kept.
+    let again = h
+        .notifications()
+        .retry_delivery(h.req(
+            ADMIN,
+            pb::RetryDeliveryRequest {
+                id: d.id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .delivery
+        .unwrap();
+    assert_eq!(again.status(), pb::DeliveryStatus::Pending);
+    h.stop().await;
+}
+
+/// An SMTP server that accepts connections and never answers holds up neither the
+/// webhooks nor later notifications; when it is gone the e-mail is retried, and once
+/// an SMTP server answers on that address again the e-mail is delivered: nothing lost.
+#[tokio::test]
+async fn a_hanging_or_down_smtp_server_never_blocks_webhooks_and_loses_nothing() {
+    // An SMTP server that hangs: it accepts and keeps the sockets, saying nothing.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hang.local_addr().unwrap();
+    let hanging = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let hooks = WebhookSink::start(SECRET).await;
+    let h = Harness::start_with(|c| {
+        c.notifications.smtp.host = Some("127.0.0.1".into());
+        c.notifications.smtp.port = addr.port();
+        c.notifications.smtp.tls = "none".into();
+        c.notifications.smtp.timeout_secs = 300;
+    })
+    .await;
+    h.seed_users(&["ferry", "gus"]).await;
+    create_hook(&h, &hooks.url(), SECRET).await;
+    let f = h
+        .assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    hooks
+        .wait_for("NOTIFICATION_EVENT_KIND_ELIGIBLE_ASSIGNED", &f.id)
+        .await;
+    // A later notification's webhook is not held up behind the hanging e-mail either.
+    let g = h
+        .assign(AssignmentType::Eligible, "gus", BILLING, "/")
+        .await;
+    hooks
+        .wait_for("NOTIFICATION_EVENT_KIND_ELIGIBLE_ASSIGNED", &g.id)
+        .await;
+    let mail = || pb::ListDeliveriesRequest {
+        recipient: "ferry@example.test".into(),
+        ..Default::default()
+    };
+    let pending = deliveries(&h, mail()).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].status(), pb::DeliveryStatus::Pending);
+
+    // The SMTP server goes away: the attempt fails and is retried later.
+    hanging.abort();
+    let _ = hanging.await;
+    let mut failed = None;
+    for _ in 0..1000 {
+        let x = deliveries(&h, mail()).await.remove(0);
+        if x.status() == pb::DeliveryStatus::Retrying {
+            failed = Some(x);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let failed = failed.expect("the e-mail attempt fails once the server is gone");
+    assert!(
+        failed.last_error.starts_with("smtp"),
+        "{}",
+        failed.last_error
+    );
+
+    // An SMTP server answers on that address again: the e-mail is delivered.
+    let smtp = SmtpSink::start_at(addr).await;
+    let next =
+        tenure_platform::clock::from_proto(failed.next_attempt_time.as_ref().unwrap()).unwrap();
+    h.clock.set(next);
+    smtp.wait_for("ferry@example.test", "is eligible for").await;
+    smtp.wait_for("gus@example.test", "is eligible for").await;
+    // The outcome is recorded just after the SMTP server accepted the message.
+    let mut done = deliveries(&h, mail()).await.remove(0);
+    for _ in 0..1000 {
+        if done.status() == pb::DeliveryStatus::Delivered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        done = deliveries(&h, mail()).await.remove(0);
+    }
+    assert_eq!(done.status(), pb::DeliveryStatus::Delivered);
+    assert!(done.attempts >= 2);
+    h.stop().await;
+}
+
+fn rule(
+    e: tenure_proto::common::v1::NotificationEventKind,
+    r: tenure_proto::common::v1::NotificationRecipientKind,
+) -> tenure_proto::common::v1::NotificationRule {
+    tenure_proto::common::v1::NotificationRule {
+        event_kind: e.into(),
+        recipient_kind: r.into(),
+        ..Default::default()
+    }
+}
+
+async fn put_rules(
+    h: &Harness,
+    role: &str,
+    scope: &str,
+    rules: Vec<tenure_proto::common::v1::NotificationRule>,
+) -> Result<pb::NotificationRuleSet, tonic::Status> {
+    h.notifications()
+        .update_notification_rule_set(h.req(
+            ADMIN,
+            pb::UpdateNotificationRuleSetRequest {
+                rule_set: Some(pb::NotificationRuleSet {
+                    role_id: role.into(),
+                    scope_id: scope.into(),
+                    rules,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().rule_set.unwrap())
+}
+
+async fn get_rules(
+    h: &Harness,
+    role: &str,
+    scope: &str,
+) -> Result<pb::NotificationRuleSet, tonic::Status> {
+    h.notifications()
+        .get_notification_rule_set(h.req(
+            ADMIN,
+            pb::GetNotificationRuleSetRequest {
+                role_id: role.into(),
+                scope_id: scope.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().rule_set.unwrap())
+}
+
+async fn effective(
+    h: &Harness,
+    role: &str,
+    scope: &str,
+) -> Result<Vec<pb::EffectiveNotificationRule>, tonic::Status> {
+    h.notifications()
+        .get_effective_notification_rules(h.req(
+            ADMIN,
+            pb::GetEffectiveNotificationRulesRequest {
+                role_id: role.into(),
+                scope_id: scope.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().rules)
+}
+
+/// The organisation defaults and a role's override: written, read, listed, merged in
+/// the rules in effect (with where each value came from), obeyed when an expiry
+/// reminder goes out, and deleted; unknown roles, scopes and principals are NOT_FOUND,
+/// in the rule sets and in the settings.
+#[tokio::test]
+async fn rule_sets_defaults_and_overrides_are_obeyed_and_unknown_ids_are_not_found() {
+    use tenure_proto::common::v1::{
+        ExtraRecipients, NotificationEventKind as E, NotificationRecipientKind as R, SettingOrigin,
+    };
+    let (h, smtp, _hooks) = start().await;
+    h.seed_users(&["ferry", "lisa"]).await;
+    h.assign(AssignmentType::Eligible, "lisa", PRA, "/").await;
+
+    // The defaults start empty; administrators are no longer told of expiries.
+    let empty = get_rules(&h, "", "").await.unwrap();
+    assert!(empty.rules.is_empty());
+    assert_eq!(empty.etag, "0");
+    let mut off = rule(E::ExpiringSoon, R::Administrators);
+    off.enabled = Some(false);
+    assert_status(
+        put_rules(&h, "", "", vec![off.clone()]).await,
+        Code::InvalidArgument,
+        "rules[0]",
+    );
+    off.critical_only = Some(false);
+    off.default_recipients_enabled = Some(true);
+    off.extra_recipients = Some(ExtraRecipients::default());
+    let defaults = put_rules(&h, "", "", vec![off]).await.unwrap();
+    assert_eq!(defaults.etag, "1");
+    assert_eq!(get_rules(&h, "", "").await.unwrap().rules.len(), 1);
+    // Billing Administrator's holders' expiries also go to the finance mailbox.
+    let mut finance = rule(E::ExpiringSoon, R::Assignee);
+    finance.extra_recipients = Some(ExtraRecipients {
+        email_addresses: vec!["finance@example.test".into()],
+        principal_ids: vec![],
+    });
+    put_rules(&h, BILLING, "", vec![finance.clone()])
+        .await
+        .unwrap();
+    let listed = h
+        .notifications()
+        .list_notification_rule_sets(h.req(ADMIN, pb::ListNotificationRuleSetsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .rule_sets;
+    assert_eq!(listed.len(), 1, "only overrides are listed");
+    assert_eq!(listed[0].role_id, BILLING);
+
+    // The rules in effect, with their origin.
+    let eff = effective(&h, BILLING, "").await.unwrap();
+    let find = |e: E, r: R| {
+        eff.iter()
+            .find(|x| {
+                let x = x.rule.as_ref().unwrap();
+                x.event_kind == e as i32 && x.recipient_kind == r as i32
+            })
+            .unwrap()
+            .clone()
+    };
+    let admins = find(E::ExpiringSoon, R::Administrators);
+    assert_eq!(admins.rule.as_ref().unwrap().enabled, Some(false));
+    assert_eq!(admins.origin(), SettingOrigin::OrganisationDefault);
+    let assignee = find(E::ExpiringSoon, R::Assignee);
+    assert_eq!(assignee.origin(), SettingOrigin::Role);
+    assert_eq!(
+        assignee
+            .rule
+            .as_ref()
+            .unwrap()
+            .extra_recipients
+            .as_ref()
+            .unwrap()
+            .email_addresses,
+        vec!["finance@example.test".to_owned()]
+    );
+    assert!(find(E::Activated, R::Approvers).from_role_settings);
+    assert_eq!(
+        find(E::ReviewStarted, R::Reviewers).origin(),
+        SettingOrigin::BuiltIn
+    );
+
+    // Obeyed: Ferry and the finance mailbox are reminded; Lisa, an administrator, not.
+    let end = t0() + TimeDelta::days(20);
+    assign_until(&h, "ferry", BILLING, end).await;
+    smtp.wait_for("ferry@example.test", "is eligible for").await;
+    h.clock.set(end - TimeDelta::days(14));
+    smtp.wait_for("ferry@example.test", "eligible assignment of")
+        .await;
+    smtp.wait_for("finance@example.test", "eligible assignment of")
+        .await;
+    let to_lisa = deliveries(
+        &h,
+        pb::ListDeliveriesRequest {
+            recipient: "lisa@example.test".into(),
+            event_kinds: vec![E::ExpiringSoon.into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(to_lisa.is_empty(), "{to_lisa:?}");
+
+    // Unknown ids: NOT_FOUND naming them.
+    assert_status(
+        put_rules(&h, "no-such-role", "", vec![finance.clone()]).await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        put_rules(&h, BILLING, "/no/such/scope", vec![finance.clone()]).await,
+        Code::NotFound,
+        "/no/such/scope",
+    );
+    let mut ghost = finance.clone();
+    ghost.extra_recipients = Some(ExtraRecipients {
+        email_addresses: vec![],
+        principal_ids: vec!["ghost".into()],
+    });
+    assert_status(
+        put_rules(&h, BILLING, "", vec![ghost]).await,
+        Code::NotFound,
+        "ghost",
+    );
+    assert_status(
+        get_rules(&h, "no-such-role", "").await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        effective(&h, "no-such-role", "").await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        effective(&h, BILLING, "/nowhere").await,
+        Code::NotFound,
+        "/nowhere",
+    );
+    // A pair owned by the role settings, and one that makes no sense.
+    assert_status(
+        put_rules(&h, BILLING, "", vec![rule(E::Activated, R::Administrators)]).await,
+        Code::InvalidArgument,
+        "rules[0]",
+    );
+    assert_status(
+        put_rules(&h, BILLING, "", vec![rule(E::AlertRaised, R::Reviewers)]).await,
+        Code::InvalidArgument,
+        "rules[0]",
+    );
+    let settings = |a: pb::AdministratorsDefinition| pb::UpdateNotificationSettingsRequest {
+        settings: Some(pb::NotificationSettings {
+            administrators: Some(a),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["administrators".into()],
+        }),
+        request_id: String::new(),
+    };
+    for (a, name) in [
+        (
+            pb::AdministratorsDefinition {
+                role_ids: vec!["no-such-role".into()],
+                ..Default::default()
+            },
+            "no-such-role",
+        ),
+        (
+            pb::AdministratorsDefinition {
+                role_ids: vec![PRA.into()],
+                resource_role_ids: vec!["no-such-resource-role".into()],
+                ..Default::default()
+            },
+            "no-such-resource-role",
+        ),
+        (
+            pb::AdministratorsDefinition {
+                role_ids: vec![PRA.into()],
+                principal_ids: vec!["ghost".into()],
+                ..Default::default()
+            },
+            "ghost",
+        ),
+    ] {
+        assert_status(
+            h.notifications()
+                .update_notification_settings(h.req(ADMIN, settings(a)))
+                .await,
+            Code::NotFound,
+            name,
+        );
+    }
+    // Known ones are taken, and an explicit principal is an administrator.
+    h.notifications()
+        .update_notification_settings(h.req(
+            ADMIN,
+            settings(pb::AdministratorsDefinition {
+                role_ids: vec![PRA.into()],
+                principal_ids: vec!["ferry".into()],
+                ..Default::default()
+            }),
+        ))
+        .await
+        .unwrap();
+    let admins = h
+        .notifications()
+        .resolve_administrators(h.req(ADMIN, pb::ResolveAdministratorsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .administrators;
+    assert!(
+        admins
+            .iter()
+            .any(|a| a.email_address == "ferry@example.test"
+                && a.reason == "listed in principal_ids"),
+        "{admins:?}"
+    );
+
+    // The override is deleted; the defaults cannot be.
+    h.notifications()
+        .delete_notification_rule_set(h.req(
+            ADMIN,
+            pb::DeleteNotificationRuleSetRequest {
+                role_id: BILLING.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert!(get_rules(&h, BILLING, "").await.unwrap().rules.is_empty());
+    assert_status(
+        h.notifications()
+            .delete_notification_rule_set(
+                h.req(ADMIN, pb::DeleteNotificationRuleSetRequest::default()),
+            )
+            .await,
+        Code::InvalidArgument,
+        "role_id",
+    );
+    h.stop().await;
+}
+
+/// GetNotification shows a notification with its deliveries to readers and its
+/// recipients; SubscribeNotifications replays, filters, follows live, and resumes
+/// after the last sequence received.
+#[tokio::test]
+async fn get_notification_and_subscribe_notifications_with_resume() {
+    use tenure_proto::common::v1::NotificationEventKind as E;
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry", "gus", "dave"]).await;
+    let f = h
+        .assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    let g = h
+        .assign(AssignmentType::Eligible, "gus", BILLING, "/")
+        .await;
+    let subscribe = |after: i64| {
+        let h = &h;
+        async move {
+            h.notifications()
+                .subscribe_notifications(h.req(
+                    ADMIN,
+                    pb::SubscribeNotificationsRequest {
+                        after_sequence: after,
+                        event_kinds: vec![E::EligibleAssigned.into()],
+                        critical_only: false,
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut s = subscribe(0).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let n1 = first.notification.clone().unwrap();
+    let n2 = second.notification.clone().unwrap();
+    assert_eq!(n1.reference_id, f.id);
+    assert_eq!(n2.reference_id, g.id);
+    assert!(second.sequence > first.sequence);
+    // Live: a third one arrives on the open stream.
+    let d = h
+        .assign(AssignmentType::Eligible, "dave", BILLING, "/")
+        .await;
+    let third = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.notification.as_ref().unwrap().reference_id, d.id);
+    drop(s);
+    // Resumed after the first: the second comes first, nothing before it.
+    let mut resumed = subscribe(first.sequence).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.sequence, second.sequence);
+    assert_eq!(again.notification.unwrap().id, n2.id);
+    // Critical only: an eligible assignment is not critical, so nothing of these.
+    let mut critical = h
+        .notifications()
+        .subscribe_notifications(h.req(
+            ADMIN,
+            pb::SubscribeNotificationsRequest {
+                after_sequence: 0,
+                event_kinds: vec![E::EligibleAssigned.into()],
+                critical_only: true,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), critical.next())
+            .await
+            .is_err(),
+        "no critical eligible-assigned notification"
+    );
+    // Bad input and who may.
+    let bad = h
+        .notifications()
+        .subscribe_notifications(h.req(
+            ADMIN,
+            pb::SubscribeNotificationsRequest {
+                after_sequence: 0,
+                event_kinds: vec![99],
+                critical_only: false,
+            },
+        ))
+        .await;
+    assert_status(bad, Code::InvalidArgument, "event_kinds");
+    let denied = h
+        .notifications()
+        .subscribe_notifications(h.req("ferry", pb::SubscribeNotificationsRequest::default()))
+        .await;
+    assert_status(denied, Code::PermissionDenied, "");
+
+    // GetNotification: the reader sees it with its deliveries (e-mail to Ferry, the
+    // stream); Ferry, a recipient, may read it; Gus may not; unknown ids are NOT_FOUND.
+    let full = get_notification(&h, ADMIN, &n1.id).await.unwrap();
+    assert_eq!(full.event_kind(), E::EligibleAssigned);
+    assert!(
+        full.deliveries
+            .iter()
+            .any(|x| x.channel() == pb::Channel::Email && x.recipient == "ferry@example.test")
+    );
+    assert!(
+        full.deliveries
+            .iter()
+            .any(|x| x.channel() == pb::Channel::Stream)
+    );
+    assert_eq!(
+        get_notification(&h, "ferry", &n1.id).await.unwrap().id,
+        n1.id
+    );
+    assert_status(
+        get_notification(&h, "gus", &n1.id).await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        get_notification(&h, ADMIN, "no-such-notification").await,
+        Code::NotFound,
+        "no-such-notification",
+    );
+    h.stop().await;
+}
+
+async fn oldest(h: &Harness) -> i64 {
+    h.audit()
+        .get_audit_retention(h.req(ADMIN, pb::GetAuditRetentionRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .oldest_sequence
+}
+
+/// Entries older than the retention are pruned by the timer as time passes, not only
+/// when the retention is changed; the chain still verifies from the anchor.
+#[tokio::test]
+async fn audit_entries_older_than_the_retention_are_pruned_on_a_timer() {
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", BILLING, "/")
+        .await;
+    let old = wait_audit(
+        &h,
+        pb::AuditFilter {
+            target_principal_id: "ferry".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .await;
+    let before = oldest(&h).await;
+    assert!(before > 0);
+    h.audit()
+        .update_audit_retention(h.req(
+            ADMIN,
+            pb::UpdateAuditRetentionRequest {
+                retention: Some(pb::AuditRetention {
+                    keep_for: Some(prost_types::Duration {
+                        seconds: 30 * 86400,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(oldest(&h).await, before, "nothing is old yet");
+
+    // 31 days on, with no change to the retention: the timer prunes.
+    h.clock.set(t0() + TimeDelta::days(31));
+    let mut after = before;
+    for _ in 0..1000 {
+        after = oldest(&h).await;
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        after > old.iter().map(|e| e.sequence).max().unwrap(),
+        "{after}"
+    );
+    // Everything that happened on the first day is gone.
+    let left = audit_of(
+        &h,
+        pb::AuditFilter {
+            end_time: Some(tenure_platform::clock::to_proto(t0() + TimeDelta::days(1))),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(left.is_empty(), "{left:?}");
+    // The pruning is itself audited (by this context's own consumer, just after).
+    let mut audited = false;
+    for _ in 0..1000 {
+        if all_audit(&h)
+            .await
+            .iter()
+            .any(|e| e.action == "AuditEntriesPruned")
+        {
+            audited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(audited, "the pruning is itself audited");
+    let v = h
+        .audit()
+        .verify_audit_chain(h.req(ADMIN, pb::VerifyAuditChainRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.valid, "{v:?}");
+    h.stop().await;
+}
+
+/// An activation re-evaluates "activated too frequently" for its own principal and
+/// role only: Ferry's incident clears when he activates again later, Gus's stands
+/// until something about Gus, or the rescan, looks at it; then the alert resolves.
+#[tokio::test]
+async fn an_activation_reevaluates_only_its_own_principal_and_role() {
+    // The periodic rescan is a month away: only events and explicit rescans evaluate.
+    let h = Harness::start_with(|c| c.notifications.alert_rescan_interval_secs = 30 * 86400).await;
+    // The first full scan after start is over (it would look at everything).
+    h.contexts
+        .notifications
+        .as_ref()
+        .unwrap()
+        .engine
+        .first_scan_done
+        .subscribe()
+        .wait_for(|done| *done)
+        .await
+        .unwrap();
+    h.seed_users(&["ferry", "gus"]).await;
+    for p in ["ferry", "gus"] {
+        h.assign(AssignmentType::Eligible, p, BILLING, "/").await;
+    }
+    set_activation(&h, BILLING, no_approval()).await;
+    let kind = pb::AlertKind::RolesActivatedTooFrequently;
+    h.alerts()
+        .update_alert_settings(h.req(
+            ADMIN,
+            pb::UpdateAlertSettingsRequest {
+                settings: Some(pb::AlertSettings {
+                    kind: kind.into(),
+                    thresholds: Some(pb::alert_settings::Thresholds::ActivatedTooFrequently(
+                        pb::ActivatedTooFrequentlyThresholds {
+                            activation_count: 2,
+                            window: Some(prost_types::Duration {
+                                seconds: 3600,
+                                nanos: 0,
+                            }),
+                        },
+                    )),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["thresholds".into()],
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut last = std::collections::HashMap::new();
+    for p in ["ferry", "gus"] {
+        let first = activate(&h, p).await;
+        h.clock.advance(TimeDelta::minutes(5));
+        deactivate(&h, p, &first.id).await;
+        last.insert(p, activate(&h, p).await.id);
+    }
+    let incidents_of = |a: &pb::Alert| {
+        let mut v: Vec<String> = a
+            .incidents
+            .iter()
+            .map(|i| i.principal.as_ref().unwrap().id.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut alert = None;
+    for _ in 0..1000 {
+        if let Some(a) = alerts_of(&h, kind)
+            .await
+            .into_iter()
+            .find(|a| a.status() == pb::AlertStatus::Active && a.incident_count == 2)
+        {
+            alert = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let alert = alert.expect("both too frequent");
+    let get = |id: String| {
+        let h = &h;
+        async move {
+            h.alerts()
+                .get_alert(h.req(ADMIN, pb::GetAlertRequest { id }))
+                .await
+                .unwrap()
+                .into_inner()
+                .alert
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        incidents_of(&get(alert.id.clone()).await),
+        vec!["ferry", "gus"]
+    );
+
+    // An hour on, Ferry activates once: his incident clears; Gus's, whose first
+    // activation has left the window too, is not looked at.
+    h.clock.advance(TimeDelta::minutes(55));
+    deactivate(&h, "ferry", &last["ferry"]).await;
+    activate(&h, "ferry").await;
+    let mut now = get(alert.id.clone()).await;
+    for _ in 0..1000 {
+        if now.incident_count == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        now = get(alert.id.clone()).await;
+    }
+    assert_eq!(now.status(), pb::AlertStatus::Active);
+    assert_eq!(incidents_of(&now), vec!["gus"]);
+    // The rescan looks at everything: Gus's activations are out of the window too.
+    h.contexts
+        .notifications
+        .as_ref()
+        .unwrap()
+        .engine
+        .rescan(&[kind])
+        .await
+        .unwrap();
+    let resolved = wait_alert(&h, kind, pb::AlertStatus::Resolved).await;
+    assert_eq!(resolved.id, alert.id);
+    h.stop().await;
+}

@@ -1133,3 +1133,944 @@ async fn two_stages_in_series_survive_a_restart_and_apply_both_stages_denials() 
     }
     h.stop().await;
 }
+
+fn weekly(name: &str, start: DateTime<Utc>) -> rv::ReviewDefinition {
+    let mut d = quarterly(name, &[GA], "/", vec![named("kenneth")], start);
+    let s = d.schedule.as_mut().unwrap();
+    s.recurrence = rv::Recurrence::Weekly.into();
+    s.duration_days = 2;
+    d
+}
+
+async fn rounds_of(h: &Harness, definition: &str) -> Vec<rv::ReviewRound> {
+    h.reviews()
+        .list_review_rounds(h.req(
+            ADMIN,
+            rv::ListReviewRoundsRequest {
+                definition_id: definition.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds
+}
+
+/// Waits (bounded) until `definition` has `n` rounds; returns them, newest first.
+async fn wait_rounds(h: &Harness, definition: &str, n: usize) -> Vec<rv::ReviewRound> {
+    for _ in 0..500 {
+        let v = rounds_of(h, definition).await;
+        if v.len() >= n {
+            assert_eq!(v.len(), n, "more rounds than expected");
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{definition} did not reach {n} rounds");
+}
+
+async fn get_def(h: &Harness, id: &str) -> rv::ReviewDefinition {
+    h.reviews()
+        .get_review_definition(h.req(ADMIN, rv::GetReviewDefinitionRequest { id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .review_definition
+        .unwrap()
+}
+
+async fn update(
+    h: &Harness,
+    d: rv::ReviewDefinition,
+    paths: &[&str],
+) -> Result<rv::ReviewDefinition, tonic::Status> {
+    h.reviews()
+        .update_review_definition(h.req(
+            ADMIN,
+            rv::UpdateReviewDefinitionRequest {
+                review_definition: Some(d),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner().review_definition.unwrap())
+}
+
+/// Sets the clock and lets the timer do what is due; then asserts with a pass of our
+/// own (conditional, so it never doubles what the server's timer did).
+async fn move_to(h: &Harness, at: DateTime<Utc>) {
+    h.clock.set(at);
+    h.contexts
+        .reviews
+        .as_ref()
+        .unwrap()
+        .engine
+        .process_due()
+        .await
+        .unwrap();
+}
+
+/// A weekly review changed to monthly starts its next round a month on, not a week;
+/// disabled, it starts none; enabled again, the next occurrence after now. A series
+/// ending after two rounds, and one ending on a date, stop there.
+#[tokio::test]
+async fn a_changed_or_disabled_schedule_starts_the_next_round_accordingly_or_not_at_all() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let s = t0() + TimeDelta::days(1);
+    let a = create(&h, weekly("changed", s)).await;
+    let mut d = weekly("two rounds", s);
+    let sc = d.schedule.as_mut().unwrap();
+    sc.end = rv::SeriesEnd::AfterRounds.into();
+    sc.round_count = 2;
+    let b = create(&h, d).await;
+    let mut d = weekly("until a date", s);
+    let sc = d.schedule.as_mut().unwrap();
+    sc.end = rv::SeriesEnd::OnDate.into();
+    sc.end_time = Some(to_proto(s + TimeDelta::days(10)));
+    let c = create(&h, d).await;
+
+    move_to(&h, s).await;
+    for def in [&a, &b, &c] {
+        wait_rounds(&h, &def.id, 1).await;
+    }
+    assert_eq!(
+        get_def(&h, &a.id).await.next_round_time,
+        Some(to_proto(s + TimeDelta::days(7)))
+    );
+
+    // Weekly becomes monthly: the next round is a month after the start.
+    let mut changed = get_def(&h, &a.id).await;
+    changed.schedule.as_mut().unwrap().recurrence = rv::Recurrence::Monthly.into();
+    let after = update(&h, changed, &["schedule"]).await.unwrap();
+    let month = s.checked_add_months(chrono::Months::new(1)).unwrap();
+    assert_eq!(after.next_round_time, Some(to_proto(month)));
+
+    // A week on: the two weekly series start their second round; the changed one none.
+    move_to(&h, s + TimeDelta::days(7)).await;
+    wait_rounds(&h, &b.id, 2).await;
+    wait_rounds(&h, &c.id, 2).await;
+    assert_eq!(rounds_of(&h, &a.id).await.len(), 1);
+    let b_now = get_def(&h, &b.id).await;
+    assert_eq!(b_now.rounds_started, 2);
+    assert_eq!(b_now.next_round_time, None, "two rounds and no more");
+    assert_eq!(
+        get_def(&h, &c.id).await.next_round_time,
+        None,
+        "day 14 is past the end date"
+    );
+
+    // Two weeks on: nothing anywhere.
+    move_to(&h, s + TimeDelta::days(14)).await;
+    assert_eq!(rounds_of(&h, &a.id).await.len(), 1);
+    assert_eq!(rounds_of(&h, &b.id).await.len(), 2);
+    assert_eq!(rounds_of(&h, &c.id).await.len(), 2);
+
+    // A month on, the changed series' second round, numbered 2.
+    move_to(&h, month).await;
+    let v = wait_rounds(&h, &a.id, 2).await;
+    assert_eq!(v[0].round_number, 2);
+    assert_eq!(v[0].start_time, Some(to_proto(month)));
+
+    // Disabled: no round at the next occurrence, and no next round time.
+    let mut off = get_def(&h, &a.id).await;
+    off.enabled = Some(false);
+    let off = update(&h, off, &["enabled"]).await.unwrap();
+    assert_eq!(off.enabled, Some(false));
+    assert_eq!(off.next_round_time, None);
+    let two_months = s.checked_add_months(chrono::Months::new(2)).unwrap();
+    move_to(&h, two_months).await;
+    assert_eq!(rounds_of(&h, &a.id).await.len(), 2);
+
+    // Enabled again: the first occurrence after now, not the one missed.
+    let mut on = get_def(&h, &a.id).await;
+    on.enabled = Some(true);
+    let on = update(&h, on, &["enabled"]).await.unwrap();
+    let three_months = s.checked_add_months(chrono::Months::new(3)).unwrap();
+    assert_eq!(on.next_round_time, Some(to_proto(three_months)));
+    move_to(&h, three_months).await;
+    let v = wait_rounds(&h, &a.id, 3).await;
+    assert_eq!(v[0].round_number, 3);
+    // Every round completed at its end, two days in.
+    move_to(&h, three_months + TimeDelta::days(2)).await;
+    let done = rounds_of(&h, &a.id).await;
+    assert!(
+        done.iter()
+            .all(|r| r.status() != rv::RoundStatus::InProgress),
+        "{done:?}"
+    );
+    // A start moved into the future: the next round is at the new start.
+    let mut moved = get_def(&h, &a.id).await;
+    let later = three_months + TimeDelta::days(40);
+    moved.schedule.as_mut().unwrap().start_time = Some(to_proto(later));
+    let moved = update(&h, moved, &["schedule"]).await.unwrap();
+    assert_eq!(moved.next_round_time, Some(to_proto(later)));
+    move_to(&h, later).await;
+    let v = wait_rounds(&h, &a.id, 4).await;
+    assert_eq!(v[0].start_time, Some(to_proto(later)));
+    h.stop().await;
+}
+
+async fn pending(
+    h: &Harness,
+    who: &str,
+    size: i32,
+    token: &str,
+) -> Result<rv::ListMyPendingReviewsResponse, tonic::Status> {
+    h.reviews()
+        .list_my_pending_reviews(h.req(
+            who,
+            rv::ListMyPendingReviewsRequest {
+                page_size: size,
+                page_token: token.into(),
+            },
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn history(
+    h: &Harness,
+    who: &str,
+    r: rv::ListDecisionHistoryRequest,
+) -> Result<rv::ListDecisionHistoryResponse, tonic::Status> {
+    h.reviews()
+        .list_decision_history(h.req(who, r))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn list_items(
+    h: &Harness,
+    who: &str,
+    r: rv::ListDecisionItemsRequest,
+) -> Result<rv::ListDecisionItemsResponse, tonic::Status> {
+    h.reviews()
+        .list_decision_items(h.req(who, r))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every list RPC pages (a token leads on, the last page has none, a token it did not
+/// return is INVALID_ARGUMENT naming `page_token`) and filters; "reviews waiting for me"
+/// and a principal's history of decisions across rounds.
+#[tokio::test]
+async fn every_list_pages_and_filters_waiting_for_me_and_decision_history() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "lisa", "ferry", "gus", "dave", "carol"])
+        .await;
+    h.seed_scope(SUB, "/", ScopeType::Subscription).await;
+    for p in ["ferry", "gus", "dave"] {
+        h.assign(AssignmentType::Eligible, p, GA, "/").await;
+    }
+    h.assign(AssignmentType::Active, "carol", CONTRIBUTOR, SUB)
+        .await;
+    let d1 = create(
+        &h,
+        quarterly("a GA by Kenneth", &[GA], "/", vec![named("kenneth")], t0()),
+    )
+    .await;
+    let d2 = create(
+        &h,
+        quarterly("b GA again", &[GA], "/", vec![named("kenneth")], t0()),
+    )
+    .await;
+    let d3 = create(
+        &h,
+        quarterly(
+            "c Contributor",
+            &[CONTRIBUTOR],
+            SUB,
+            vec![named("lisa")],
+            t0(),
+        ),
+    )
+    .await;
+    let r1 = wait_round(&h, &d1.id, rv::RoundStatus::InProgress).await;
+    let r2 = wait_round(&h, &d2.id, rv::RoundStatus::InProgress).await;
+    let r3 = wait_round(&h, &d3.id, rv::RoundStatus::InProgress).await;
+
+    // Definitions: by name, two then one; by role; by scope.
+    let defs = |size: i32, token: &str, role: &str, scope: &str| {
+        let r = rv::ListReviewDefinitionsRequest {
+            page_size: size,
+            page_token: token.into(),
+            role_id: role.into(),
+            scope_id: scope.into(),
+        };
+        let h = &h;
+        async move {
+            h.reviews()
+                .list_review_definitions(h.req(ADMIN, r))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let p1 = defs(2, "", "", "").await.unwrap();
+    let names: Vec<_> = p1.review_definitions.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(names, vec![d1.id.clone(), d2.id.clone()]);
+    assert!(!p1.next_page_token.is_empty());
+    let p2 = defs(2, &p1.next_page_token, "", "").await.unwrap();
+    assert_eq!(p2.review_definitions.len(), 1);
+    assert_eq!(p2.review_definitions[0].id, d3.id);
+    assert!(p2.next_page_token.is_empty());
+    let by_role = defs(0, "", CONTRIBUTOR, "").await.unwrap();
+    assert_eq!(by_role.review_definitions.len(), 1);
+    assert_eq!(by_role.review_definitions[0].id, d3.id);
+    let by_scope = defs(0, "", "", "/").await.unwrap();
+    assert_eq!(by_scope.review_definitions.len(), 2);
+    assert_status(
+        defs(0, "x", "", "").await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    assert_status(
+        defs(-1, "", "", "").await,
+        Code::InvalidArgument,
+        "page_size",
+    );
+
+    // Rounds: paged, by definition, by status.
+    let rounds = |r: rv::ListReviewRoundsRequest| {
+        let h = &h;
+        async move {
+            h.reviews()
+                .list_review_rounds(h.req(ADMIN, r))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let p1 = rounds(rv::ListReviewRoundsRequest {
+        page_size: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(p1.rounds.len(), 2);
+    let p2 = rounds(rv::ListReviewRoundsRequest {
+        page_size: 2,
+        page_token: p1.next_page_token.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(p2.rounds.len(), 1);
+    assert!(p2.next_page_token.is_empty());
+    let mut seen: Vec<_> = p1
+        .rounds
+        .iter()
+        .chain(&p2.rounds)
+        .map(|r| r.id.clone())
+        .collect();
+    seen.sort();
+    let mut want = vec![r1.id.clone(), r2.id.clone(), r3.id.clone()];
+    want.sort();
+    assert_eq!(seen, want, "each round once across the pages");
+    assert_status(
+        rounds(rv::ListReviewRoundsRequest {
+            page_token: "-".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    // Lisa reviews only the Contributor round: she lists just it.
+    let lisa_rounds = h
+        .reviews()
+        .list_review_rounds(h.req("lisa", rv::ListReviewRoundsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .rounds;
+    assert_eq!(lisa_rounds.len(), 1);
+    assert_eq!(lisa_rounds[0].id, r3.id);
+
+    // Items: paged; by decision, principal and role; only mine to decide.
+    let base = rv::ListDecisionItemsRequest {
+        round_id: r1.id.clone(),
+        ..Default::default()
+    };
+    let p1 = list_items(
+        &h,
+        ADMIN,
+        rv::ListDecisionItemsRequest {
+            page_size: 2,
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let p2 = list_items(
+        &h,
+        ADMIN,
+        rv::ListDecisionItemsRequest {
+            page_size: 2,
+            page_token: p1.next_page_token.clone(),
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(p2.items.len(), 1);
+    assert!(p2.next_page_token.is_empty());
+    let all: Vec<rv::DecisionItem> = p1.items.into_iter().chain(p2.items).collect();
+    let gus = item_of(&all, "gus").clone();
+    decide(&h, "kenneth", &gus.id, rv::ReviewDecision::Deny, "unused")
+        .await
+        .unwrap();
+    let denied = list_items(
+        &h,
+        ADMIN,
+        rv::ListDecisionItemsRequest {
+            decisions: vec![rv::ReviewDecision::Deny.into()],
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap()
+    .items;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].id, gus.id);
+    let about_ferry = list_items(
+        &h,
+        ADMIN,
+        rv::ListDecisionItemsRequest {
+            principal_id: "ferry".into(),
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap()
+    .items;
+    assert_eq!(about_ferry.len(), 1);
+    let by_role = |role: &str| rv::ListDecisionItemsRequest {
+        role_id: role.into(),
+        ..base.clone()
+    };
+    assert_eq!(
+        list_items(&h, ADMIN, by_role(GA))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
+    assert!(
+        list_items(&h, ADMIN, by_role(CONTRIBUTOR))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let mine = list_items(
+        &h,
+        "kenneth",
+        rv::ListDecisionItemsRequest {
+            only_mine_to_decide: true,
+            ..base.clone()
+        },
+    )
+    .await
+    .unwrap()
+    .items;
+    assert_eq!(mine.len(), 3);
+    assert_status(
+        list_items(&h, "lisa", base.clone()).await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        list_items(
+            &h,
+            ADMIN,
+            rv::ListDecisionItemsRequest {
+                page_token: "abc".into(),
+                ..base.clone()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    assert_status(
+        list_items(&h, ADMIN, rv::ListDecisionItemsRequest::default()).await,
+        Code::InvalidArgument,
+        "round_id",
+    );
+    assert_status(
+        list_items(
+            &h,
+            ADMIN,
+            rv::ListDecisionItemsRequest {
+                round_id: "no-such-round".into(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::NotFound,
+        "",
+    );
+
+    // Waiting for Kenneth: both GA rounds, one page each; Lisa: hers; Ferry: none.
+    let w = pending(&h, "kenneth", 0, "").await.unwrap();
+    assert_eq!(w.reviews.len(), 2);
+    let of = |id: &str| {
+        w.reviews
+            .iter()
+            .find(|p| p.round.as_ref().unwrap().id == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!((of(&r1.id).pending_items, of(&r1.id).total_items), (2, 3));
+    assert_eq!((of(&r2.id).pending_items, of(&r2.id).total_items), (3, 3));
+    let w1 = pending(&h, "kenneth", 1, "").await.unwrap();
+    assert_eq!(w1.reviews.len(), 1);
+    let w2 = pending(&h, "kenneth", 1, &w1.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(w2.reviews.len(), 1);
+    assert!(w2.next_page_token.is_empty());
+    assert_ne!(
+        w1.reviews[0].round.as_ref().unwrap().id,
+        w2.reviews[0].round.as_ref().unwrap().id
+    );
+    assert_status(
+        pending(&h, "kenneth", 0, "zz").await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    assert_eq!(pending(&h, "lisa", 0, "").await.unwrap().reviews.len(), 1);
+    assert!(
+        pending(&h, "ferry", 0, "")
+            .await
+            .unwrap()
+            .reviews
+            .is_empty()
+    );
+    // Once Kenneth decided everything in round 1, only round 2 waits for him.
+    let accepted = h
+        .reviews()
+        .accept_recommendations(h.req(
+            "kenneth",
+            rv::AcceptRecommendationsRequest {
+                round_id: r1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.decided_count, 2);
+    let w = pending(&h, "kenneth", 0, "").await.unwrap();
+    assert_eq!(w.reviews.len(), 1);
+    assert_eq!(w.reviews[0].round.as_ref().unwrap().id, r2.id);
+
+    // Gus's history: an item in each GA round, paged; the denial in round 1.
+    let hreq = |size: i32, token: &str, role: &str| rv::ListDecisionHistoryRequest {
+        principal_id: "gus".into(),
+        page_size: size,
+        page_token: token.into(),
+        role_id: role.into(),
+    };
+    let all = history(&h, ADMIN, hreq(0, "", "")).await.unwrap().items;
+    assert_eq!(all.len(), 2);
+    let mut rounds_seen: Vec<_> = all.iter().map(|i| i.round_id.clone()).collect();
+    rounds_seen.sort();
+    let mut want = vec![r1.id.clone(), r2.id.clone()];
+    want.sort();
+    assert_eq!(rounds_seen, want);
+    let in_r1 = all.iter().find(|i| i.round_id == r1.id).unwrap();
+    assert_eq!(in_r1.decision(), rv::ReviewDecision::Deny);
+    assert_eq!(in_r1.justification, "unused");
+    assert_eq!(in_r1.decided_by.as_ref().unwrap().id, "kenneth");
+    let h1 = history(&h, ADMIN, hreq(1, "", "")).await.unwrap();
+    assert_eq!(h1.items.len(), 1);
+    let h2 = history(&h, ADMIN, hreq(1, &h1.next_page_token, ""))
+        .await
+        .unwrap();
+    assert_eq!(h2.items.len(), 1);
+    assert!(h2.next_page_token.is_empty());
+    assert!(
+        history(&h, ADMIN, hreq(0, "", CONTRIBUTOR))
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Gus may read his own; Ferry may not read Gus's; unknown and empty principals.
+    assert_eq!(
+        history(&h, "gus", hreq(0, "", ""))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    assert_status(
+        history(&h, "ferry", hreq(0, "", "")).await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        history(
+            &h,
+            ADMIN,
+            rv::ListDecisionHistoryRequest {
+                principal_id: "nobody-at-all".into(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::NotFound,
+        "nobody-at-all",
+    );
+    assert_status(
+        history(&h, ADMIN, rv::ListDecisionHistoryRequest::default()).await,
+        Code::InvalidArgument,
+        "principal_id",
+    );
+    assert_status(
+        history(&h, ADMIN, hreq(0, "nope", "")).await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+
+    // Statuses: after stopping round 3, it alone is COMPLETED.
+    h.reviews()
+        .stop_review_round(h.req(
+            ADMIN,
+            rv::StopReviewRoundRequest {
+                id: r3.id.clone(),
+                reason: "reorganised".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let done = rounds(rv::ListReviewRoundsRequest {
+        statuses: vec![
+            rv::RoundStatus::Completed.into(),
+            rv::RoundStatus::Applying.into(),
+            rv::RoundStatus::Applied.into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .rounds;
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].id, r3.id);
+    assert!(done[0].stopped_early);
+    let open = rounds(rv::ListReviewRoundsRequest {
+        statuses: vec![rv::RoundStatus::InProgress.into()],
+        definition_id: d1.id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .rounds;
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, r1.id);
+    h.stop().await;
+}
+
+/// An apply that cannot reach the assignments context records FAILED with the reason
+/// (the item keeps its DENY); applying again through the API completes it, and a third
+/// time changes and emits nothing.
+#[tokio::test]
+async fn a_failed_apply_records_the_reason_and_applying_again_completes_it() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry", "gus"]).await;
+    let ferry = h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    h.assign(AssignmentType::Eligible, "gus", GA, "/").await;
+    let mut d = quarterly("GA", &[GA], "/", vec![named("kenneth")], t0());
+    d.settings.as_mut().unwrap().auto_apply = false;
+    let def = create(&h, d).await;
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let all = items(&h, ADMIN, &round.id).await;
+    let f = item_of(&all, "ferry");
+    let g = item_of(&all, "gus");
+    decide(&h, "kenneth", &f.id, rv::ReviewDecision::Deny, "left")
+        .await
+        .unwrap();
+    decide(&h, "kenneth", &g.id, rv::ReviewDecision::Approve, "")
+        .await
+        .unwrap();
+    h.clock.set(t0() + TimeDelta::days(14));
+    wait_round(&h, &def.id, rv::RoundStatus::Completed).await;
+
+    // A replica cut off from the assignments context applies the round.
+    let real = h.contexts.reviews.as_ref().unwrap().engine.clone();
+    let unreachable = tonic::transport::Channel::from_static("http://127.0.0.1:1")
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect_lazy();
+    let partitioned = tenure_reviews::engine::Engine::new(
+        real.db.clone(),
+        real.log.clone(),
+        real.clock.clone(),
+        tenure_reviews::clients::Assignments::new(
+            unreachable,
+            real.assignments.service_token().clone(),
+        ),
+    );
+    let stored = tenure_reviews::store::get_round(&real.db, &round.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let before = h.review_events_after(0).await.len() as i64;
+    let after_failure = partitioned.apply(stored).await.unwrap();
+    assert_eq!(after_failure.round.status(), rv::RoundStatus::Applied);
+    let all = items(&h, ADMIN, &round.id).await;
+    let failed = item_of(&all, "ferry");
+    let result = failed.apply_result.clone().unwrap();
+    assert_eq!(result.status(), rv::ApplyStatus::Failed);
+    assert!(
+        result.reason.contains("Unavailable") || result.reason.contains("transport"),
+        "the reason says why: {:?}",
+        result.reason
+    );
+    assert_eq!(failed.decision(), rv::ReviewDecision::Deny);
+    assert_eq!(
+        item_of(&all, "gus").apply_result.as_ref().unwrap().status(),
+        rv::ApplyStatus::NotNeeded
+    );
+    let got = h
+        .reviews()
+        .get_review_round(h.req(
+            ADMIN,
+            rv::GetReviewRoundRequest {
+                id: round.id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .round
+        .unwrap();
+    assert_eq!(got.progress.as_ref().unwrap().apply_failed, 1);
+    assert_eq!(
+        status_of(&h, &ferry.id).await,
+        asg::AssignmentStatus::InEffect
+    );
+    let ev = h.review_events_after(before).await;
+    let failed_events: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(rv::event::Payload::ResultApplied(x)) => x.item.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed_events.len(), 1);
+    assert_eq!(
+        failed_events[0].apply_result.as_ref().unwrap().status(),
+        rv::ApplyStatus::Failed
+    );
+
+    // Applying again through the API (the assignments context reachable) completes it.
+    let apply = |rid: &str| {
+        let h = &h;
+        let r = rv::ApplyReviewResultsRequest {
+            id: round.id.clone(),
+            request_id: rid.into(),
+        };
+        async move {
+            h.reviews()
+                .apply_review_results(h.req(ADMIN, r))
+                .await
+                .map(|r| r.into_inner().round.unwrap())
+        }
+    };
+    let again = apply("retry-1").await.unwrap();
+    assert_eq!(again.status(), rv::RoundStatus::Applied);
+    let p = again.progress.unwrap();
+    assert_eq!((p.applied, p.apply_failed), (2, 0));
+    assert_eq!(
+        status_of(&h, &ferry.id).await,
+        asg::AssignmentStatus::Removed
+    );
+    let all = items(&h, ADMIN, &round.id).await;
+    assert_eq!(
+        item_of(&all, "ferry")
+            .apply_result
+            .as_ref()
+            .unwrap()
+            .status(),
+        rv::ApplyStatus::Applied
+    );
+    // The same request id answers the same; a new one finds nothing to do.
+    let n = h.review_events_after(0).await.len();
+    assert_eq!(
+        apply("retry-1").await.unwrap().status(),
+        rv::RoundStatus::Applied
+    );
+    assert_eq!(
+        apply("retry-2").await.unwrap().status(),
+        rv::RoundStatus::Applied
+    );
+    let t = types(&h.review_events_after(before).await);
+    assert_eq!(t.iter().filter(|x| *x == "ResultApplied").count(), 2);
+    assert!(h.review_events_after(0).await.len() >= n);
+    assert_eq!(
+        types(&h.review_events_after(n as i64).await)
+            .iter()
+            .filter(|x| *x == "ResultApplied")
+            .count(),
+        0,
+        "nothing applied twice"
+    );
+    // Not on a round in progress, nor an unknown one, nor by a non-administrator.
+    let def2 = create(
+        &h,
+        quarterly("GA 2", &[GA], "/", vec![named("kenneth")], h.clock.now()),
+    )
+    .await;
+    let open = wait_round(&h, &def2.id, rv::RoundStatus::InProgress).await;
+    let r = h
+        .reviews()
+        .apply_review_results(h.req(
+            ADMIN,
+            rv::ApplyReviewResultsRequest {
+                id: open.id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await;
+    assert_status(r, Code::FailedPrecondition, "in progress");
+    let r = h
+        .reviews()
+        .apply_review_results(h.req(
+            ADMIN,
+            rv::ApplyReviewResultsRequest {
+                id: "no-such-round".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await;
+    assert_status(r, Code::NotFound, "");
+    let r = h
+        .reviews()
+        .apply_review_results(h.req(
+            "kenneth",
+            rv::ApplyReviewResultsRequest {
+                id: round.id.clone(),
+                request_id: String::new(),
+            },
+        ))
+        .await;
+    assert_status(r, Code::PermissionDenied, "");
+    h.stop().await;
+}
+
+/// A round's start, its reminder and its completion reach the reviewer by e-mail
+/// through the notifications context (a real SMTP conversation with a local sink).
+#[tokio::test]
+async fn review_started_reminder_and_completed_reach_the_reviewers_by_email() {
+    let smtp = tenure_e2e::sinks::SmtpSink::start().await;
+    let port = smtp.addr.port();
+    let h = Harness::start_with(|c| {
+        c.notifications.smtp.host = Some("127.0.0.1".into());
+        c.notifications.smtp.port = port;
+        c.notifications.smtp.tls = "none".into();
+        c.notifications.link_base_url = "https://tenure.example".into();
+    })
+    .await;
+    h.seed_users(&["kenneth", "ferry"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let start = t0() + TimeDelta::days(1);
+    let mut d = quarterly(
+        "Quarterly GA review",
+        &[GA],
+        "/",
+        vec![named("kenneth")],
+        start,
+    );
+    d.settings.as_mut().unwrap().reviewer_message = "Ask Kenneth's deputy if unsure.".into();
+    let def = create(&h, d).await;
+
+    h.clock.set(start);
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let to = "kenneth@example.test";
+    let started = smtp.wait_for(to, "started").await;
+    assert!(started.subject().contains("Quarterly GA review"));
+    let text = started.text();
+    assert!(text.contains("Ask Kenneth's deputy if unsure."), "{text}");
+    assert!(
+        text.contains(&format!(
+            "https://tenure.example/reviews/rounds/{}",
+            round.id
+        )),
+        "{text}"
+    );
+
+    // Three days before the end Kenneth has not decided: a reminder.
+    h.clock.set(start + TimeDelta::days(11));
+    let reminder = smtp.wait_for(to, "reminder").await;
+    assert!(
+        reminder.text().contains("1 item still wait"),
+        "{}",
+        reminder.text()
+    );
+
+    // The end: completed.
+    h.clock.set(start + TimeDelta::days(14));
+    let done = smtp.wait_for(to, "completed").await;
+    assert!(
+        done.text()
+            .contains("0 approved, 0 denied, 1 not reviewed of 1"),
+        "{}",
+        done.text()
+    );
+    // Each once: the sink got one mail of each to Kenneth; Ferry (under review) none.
+    let to_kenneth: Vec<_> = smtp
+        .received()
+        .into_iter()
+        .filter(|m| m.to.iter().any(|t| t == to))
+        .map(|m| m.subject())
+        .collect();
+    assert_eq!(to_kenneth.len(), 3, "{to_kenneth:?}");
+    // In the delivery log, each went to Kenneth as a reviewer and was delivered.
+    // (the outcome is written just after the SMTP server accepted the message)
+    let mut log = Vec::new();
+    for _ in 0..1000 {
+        log = h
+            .notifications()
+            .list_deliveries(h.req(
+                ADMIN,
+                tenure_proto::notifications::v1::ListDeliveriesRequest {
+                    recipient: to.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        if log.len() == 3
+            && log
+                .iter()
+                .all(|d| d.status() == tenure_proto::notifications::v1::DeliveryStatus::Delivered)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(log.len(), 3);
+    for d in &log {
+        assert_eq!(
+            d.recipient_kind(),
+            tenure_proto::common::v1::NotificationRecipientKind::Reviewers
+        );
+        assert_eq!(
+            d.status(),
+            tenure_proto::notifications::v1::DeliveryStatus::Delivered
+        );
+    }
+    h.stop().await;
+}

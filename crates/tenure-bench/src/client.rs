@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use tenure_proto::activation::v1 as act;
 use tenure_proto::assignments::v1 as asg;
 use tenure_proto::devauth::v1 as dev;
+use tenure_proto::notifications::v1 as ntf;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -103,6 +104,15 @@ impl Conns {
         i: usize,
     ) -> act::activation_service_client::ActivationServiceClient<Channel> {
         act::activation_service_client::ActivationServiceClient::new(self.ch(i))
+    }
+    /// Alerts service client on connection `i`.
+    pub fn alerts(&self, i: usize) -> ntf::alerts_service_client::AlertsServiceClient<Channel> {
+        ntf::alerts_service_client::AlertsServiceClient::new(self.ch(i))
+    }
+    /// Audit service client on connection `i` (responses up to 64 MiB: CSV chunks).
+    pub fn audit(&self, i: usize) -> ntf::audit_service_client::AuditServiceClient<Channel> {
+        ntf::audit_service_client::AuditServiceClient::new(self.ch(i))
+            .max_decoding_message_size(64 << 20)
     }
     /// Health client on connection `i`.
     pub fn health(&self, i: usize) -> tonic_health::pb::health_client::HealthClient<Channel> {

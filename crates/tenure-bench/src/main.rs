@@ -55,11 +55,12 @@ struct Args {
     #[arg(long)]
     smoke: bool,
     /// Workloads to run, comma-separated: access, overload (CheckAccess at 3x its
-    /// saturation; runs access first), activation, throughput, streams, restart (cold
-    /// start and memory; only when the harness starts the server).
+    /// saturation; runs access first), activation, throughput, streams, alerts
+    /// (activation → alert stream), audit (CSV export), restart (cold start and memory;
+    /// only when the harness starts the server).
     #[arg(
         long,
-        default_value = "access,overload,activation,throughput,streams,restart"
+        default_value = "access,overload,activation,throughput,streams,alerts,audit,restart"
     )]
     workloads: String,
     /// Principals of the access data set (one in ten is a group).
@@ -451,9 +452,12 @@ async fn measure(
             workloads::overload(&c, &ds, &knobs, p, rep, saturation).await?;
         }
     }
-    if want("activation") || want("throughput") {
+    if want("alerts") || want("audit") {
+        workloads::notifications_catch_up(&c, &ds, rep).await?;
+    }
+    if want("activation") || want("throughput") || want("alerts") {
         let tokens = c.tokens(&ds.activators).await?;
-        let slots = workloads::Slots::new(&ds, tokens);
+        let slots = workloads::Slots::new(&ds, tokens.clone());
         let goal = if args.database_url.is_some() {
             50.0
         } else {
@@ -465,9 +469,16 @@ async fn measure(
         if want("throughput") {
             workloads::activation_throughput(&c, &slots, &knobs, p, rep).await?;
         }
+        // Last of the three: it lowers the "activated too frequently" threshold.
+        if want("alerts") {
+            workloads::alerts(&c, &ds, &tokens, &knobs, p, rep).await?;
+        }
     }
     if want("streams") {
         workloads::streams(&c, &ds, &knobs, p, rep).await?;
+    }
+    if want("audit") {
+        workloads::audit_export(&c, rep).await?;
     }
     Ok(ds)
 }

@@ -85,4 +85,55 @@ impl Assignments {
             page_token = resp.next_page_token;
         }
     }
+
+    fn service_request<T>(&self, msg: T) -> ApiResult<Request<T>> {
+        let token = self
+            .service
+            .get()
+            .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
+        request(&token, msg)
+    }
+
+    /// Whether the role exists.
+    pub async fn role_exists(&self, id: &str) -> ApiResult<bool> {
+        let mut c = asg::role_definitions_service_client::RoleDefinitionsServiceClient::new(
+            self.channel.clone(),
+        );
+        let r = self.service_request(asg::GetRoleDefinitionRequest { id: id.to_owned() })?;
+        match c.get_role_definition(r).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(from_status(&s)),
+        }
+    }
+
+    /// Whether the scope exists.
+    pub async fn scope_exists(&self, id: &str) -> ApiResult<bool> {
+        let mut c = asg::scopes_service_client::ScopesServiceClient::new(self.channel.clone());
+        let r = self.service_request(asg::GetScopeRequest { id: id.to_owned() })?;
+        match c.get_scope(r).await {
+            Ok(_) => Ok(true),
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::InvalidArgument
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(s) => Err(from_status(&s)),
+        }
+    }
+
+    /// Whether the principal exists.
+    pub async fn principal_exists(&self, id: &str) -> ApiResult<bool> {
+        let mut c =
+            asg::principals_service_client::PrincipalsServiceClient::new(self.channel.clone());
+        let r = self.service_request(asg::GetPrincipalRequest { id: id.to_owned() })?;
+        match c.get_principal(r).await {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(from_status(&s)),
+        }
+    }
 }

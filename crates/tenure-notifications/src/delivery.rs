@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use futures::future::join_all;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message as Mail, Tokio1Executor};
 use prost::Message as _;
 use sqlx::Row as _;
+use std::sync::Arc;
 use tenure_platform::clock::{from_proto, to_micros, to_proto};
 use tenure_platform::events::NewEvent;
 use tenure_platform::{ApiError, ApiResult};
@@ -265,9 +265,15 @@ impl Engine {
         Err(format!("HTTP {}: {excerpt}", status.as_u16()))
     }
 
-    /// Sends every due delivery, concurrently, each claimed once.
-    pub async fn deliver_due(&self) -> ApiResult<()> {
+    /// Starts every due delivery, each claimed once and sent on its own task, so that
+    /// a slow or hanging channel (an SMTP server that never answers) holds up neither
+    /// the other deliveries nor the next pass. A claim is held for longer than one
+    /// attempt may take, so no other pass or replica sends it meanwhile.
+    pub async fn deliver_due(self: &Arc<Self>) -> ApiResult<()> {
         let now = self.now();
+        let lease = LEASE.max(TimeDelta::seconds(
+            i64::try_from(self.config.smtp.timeout_secs).unwrap_or(300) + 30,
+        ));
         let rows = sqlx::query(
             "SELECT id, next_attempt_at, event_kind FROM notifications_deliveries \
              WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 200",
@@ -275,7 +281,6 @@ impl Engine {
         .bind(to_micros(now))
         .fetch_all(self.db.reader())
         .await?;
-        let mut claimed = Vec::new();
         for row in rows {
             let id: String = row.try_get("id")?;
             let due: i64 = row.try_get("next_attempt_at")?;
@@ -283,22 +288,27 @@ impl Engine {
             let n = sqlx::query(
                 "UPDATE notifications_deliveries SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at = $3",
             )
-            .bind(to_micros(now + LEASE))
+            .bind(to_micros(now + lease))
             .bind(&id)
             .bind(due)
             .execute(self.db.writer())
             .await?
             .rows_affected();
-            if n == 1 {
-                claimed.push((id, kind));
+            if n != 1 {
+                continue;
             }
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine
+                    .deliver_one(&id, i32::try_from(kind).unwrap_or(0))
+                    .await
+                {
+                    tracing::warn!(delivery = %id, error = %e, "delivery bookkeeping failed; it will be retried");
+                }
+                // the outcome may have scheduled a retry: let the timer re-arm
+                engine.timer_wake.notify_one();
+            });
         }
-        let work = claimed.into_iter().map(|(id, kind)| async move {
-            if let Err(e) = self.deliver_one(&id, i32::try_from(kind).unwrap_or(0)).await {
-                tracing::warn!(delivery = %id, error = %e, "delivery bookkeeping failed; it will be retried");
-            }
-        });
-        join_all(work).await;
         Ok(())
     }
 

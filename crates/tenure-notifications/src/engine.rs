@@ -51,9 +51,17 @@ pub struct Engine {
     pub smtp_password: Option<String>,
     /// Wakes the timer (deliveries, reminders, rescans).
     pub timer_wake: Notify,
+    /// Wakes the evaluation of alert kinds marked by events.
+    pub alert_wake: Notify,
+    /// True once the role catalogue is loaded and the first full alert scan is done
+    /// (it runs shortly after start, once the assignments context answers).
+    pub first_scan_done: tokio::sync::watch::Sender<bool>,
     /// The HTTP client of webhooks.
     pub http: reqwest::Client,
 }
+
+/// How often the audit trail is pruned to its retention.
+pub const PRUNE_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// What a rescan did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -95,6 +103,8 @@ pub struct Draft {
     pub end: Option<prost_types::Timestamp>,
     /// The approvers (APPROVERS recipients).
     pub approvers: Vec<common::PrincipalRef>,
+    /// The reviewers (REVIEWERS recipients).
+    pub reviewers: Vec<common::PrincipalRef>,
     /// For alerts: the severity.
     pub alert_severity: i32,
     /// The source event.
@@ -285,6 +295,108 @@ impl Engine {
         Ok(counts)
     }
 
+    /// Evaluates `kinds` for one principal's use of one role only (after an
+    /// activation): reads that pair's assignments and activations instead of the
+    /// whole projection, and reconciles only the incidents about that pair; the other
+    /// incidents of the same alerts are left as they are (the next event about them,
+    /// or the rescan, looks at them).
+    pub async fn evaluate_pair(
+        &self,
+        uow: &mut Uow,
+        kinds: &[pb::AlertKind],
+        principal_id: &str,
+        role_id: &str,
+    ) -> ApiResult<Counts> {
+        let now = self.now();
+        let world = project::world_of(uow.tx(), now, principal_id, role_id).await?;
+        let mut keys: BTreeSet<String> = world
+            .assignments
+            .iter()
+            .map(|a| alerts::assignment_key(&a.id))
+            .collect();
+        keys.insert(alerts::frequent_key(principal_id, role_id));
+        let mut counts = Counts::default();
+        for kind in kinds {
+            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let found = alerts::evaluate(&settings, &world);
+            let c = self
+                .reconcile_in(uow, &settings, found, now, Some(&keys))
+                .await?;
+            counts.raised += c.raised;
+            counts.updated += c.updated;
+            counts.resolved += c.resolved;
+        }
+        Ok(counts)
+    }
+
+    /// Marks alert kinds for evaluation (in the event's unit of work, so the mark
+    /// commits with the cursor and survives a crash). [`Engine::evaluate_marked`]
+    /// evaluates all marked kinds at once: a burst of events (a bulk load, a sync)
+    /// costs one scan of the projections per pass, not one per event.
+    pub async fn mark(&self, uow: &mut Uow, kinds: &[pb::AlertKind]) -> ApiResult<()> {
+        for k in kinds {
+            sqlx::query(
+                "INSERT INTO notifications_alert_dirty (kind, version) VALUES ($1, 1) \
+                 ON CONFLICT (kind) DO UPDATE SET version = notifications_alert_dirty.version + 1",
+            )
+            .bind(*k as i64)
+            .execute(&mut **uow.tx())
+            .await?;
+        }
+        if !kinds.is_empty() {
+            self.alert_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Evaluates the marked kinds together. The projections are read on a reader
+    /// connection, outside the write transaction (on SQLite, one writer serves the
+    /// whole process: a scan inside it would hold up every consumer); the write
+    /// transaction then claims each mark by the version seen before the read, and
+    /// reconciles. A mark made after that read has a newer version, so it stays for
+    /// the next pass, which reads again. Returns how many kinds it evaluated.
+    pub async fn evaluate_marked(&self) -> ApiResult<usize> {
+        let rows = sqlx::query("SELECT kind, version FROM notifications_alert_dirty")
+            .fetch_all(self.db.reader())
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let now = self.now();
+        let world = {
+            let mut tx = self.db.reader().begin().await?;
+            let w = project::world(&mut tx, now).await?;
+            tx.rollback().await?;
+            w
+        };
+        let mut uow = self.log.begin().await?;
+        let mut kinds = Vec::new();
+        for row in rows {
+            let k: i64 = row.try_get("kind")?;
+            let v: i64 = row.try_get("version")?;
+            let claimed = sqlx::query(
+                "DELETE FROM notifications_alert_dirty WHERE kind = $1 AND version = $2",
+            )
+            .bind(k)
+            .bind(v)
+            .execute(&mut **uow.tx())
+            .await?
+            .rows_affected();
+            if claimed == 1
+                && let Ok(kind) = pb::AlertKind::try_from(i32::try_from(k).unwrap_or(0))
+            {
+                kinds.push(kind);
+            }
+        }
+        for kind in &kinds {
+            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let found = alerts::evaluate(&settings, &world);
+            self.reconcile(&mut uow, &settings, found, now).await?;
+        }
+        uow.commit().await?;
+        Ok(kinds.len())
+    }
+
     /// Evaluates every kind in a unit of work of its own (rescans).
     pub async fn rescan(&self, kinds: &[pb::AlertKind]) -> ApiResult<Counts> {
         let kinds = if kinds.is_empty() { &KINDS[..] } else { kinds };
@@ -345,9 +457,24 @@ impl Engine {
         &self,
         uow: &mut Uow,
         settings: &pb::AlertSettings,
-        mut found: BTreeMap<String, pb::AlertIncident>,
+        found: BTreeMap<String, pb::AlertIncident>,
         now: DateTime<Utc>,
     ) -> ApiResult<Counts> {
+        self.reconcile_in(uow, settings, found, now, None).await
+    }
+
+    /// Reconciles the alert of a kind with the incidents `found`. With `only`, the
+    /// evaluation covered just those incident keys: incidents outside them stay as
+    /// stored, and only dismissals of those keys can be forgotten.
+    async fn reconcile_in(
+        &self,
+        uow: &mut Uow,
+        settings: &pb::AlertSettings,
+        mut found: BTreeMap<String, pb::AlertIncident>,
+        now: DateTime<Utc>,
+        only: Option<&BTreeSet<String>>,
+    ) -> ApiResult<Counts> {
+        let covered = |key: &str| only.is_none_or(|k| k.contains(key));
         let kind = pb::AlertKind::try_from(settings.kind).unwrap_or(pb::AlertKind::Unspecified);
         let mut counts = Counts::default();
         // Dismissed incidents do not raise again while they stand; once they clear they
@@ -359,7 +486,7 @@ impl Engine {
         .fetch_all(&mut **uow.tx())
         .await?;
         for key in dismissed {
-            if found.remove(&key).is_none() {
+            if found.remove(&key).is_none() && covered(&key) {
                 sqlx::query("DELETE FROM notifications_alert_dismissed WHERE kind = $1 AND incident_key = $2")
                     .bind(kind as i64)
                     .bind(&key)
@@ -369,6 +496,18 @@ impl Engine {
         }
         let nowp = to_proto(now);
         let existing = self.active_alert(uow.tx(), kind).await?;
+        // Incidents the evaluation did not cover still stand.
+        let kept: BTreeSet<String> = match (&existing, only) {
+            (Some((_, stored)), Some(_)) => stored
+                .iter()
+                .filter(|(k, _)| !covered(k))
+                .map(|(k, inc)| {
+                    found.entry(k.clone()).or_insert_with(|| inc.clone());
+                    k.clone()
+                })
+                .collect(),
+            _ => BTreeSet::new(),
+        };
         match existing {
             None if found.is_empty() => {}
             None => {
@@ -444,6 +583,9 @@ impl Engine {
                 }
                 let mut changed_detail = false;
                 for (key, mut inc) in found {
+                    if kept.contains(&key) {
+                        continue;
+                    }
                     match stored.get(&key) {
                         Some(old) => {
                             inc.id.clone_from(&old.id);
@@ -819,7 +961,14 @@ impl Engine {
                         }
                         R::Approvers => {
                             for ap in &d.approvers {
-                                for (p, a) in project::expand(uow.tx(), &ap.id).await? {
+                                for (p, a) in project::expand_ref(uow.tx(), ap).await? {
+                                    people.push((Some(p), a));
+                                }
+                            }
+                        }
+                        R::Reviewers => {
+                            for rv in &d.reviewers {
+                                for (p, a) in project::expand_ref(uow.tx(), rv).await? {
                                     people.push((Some(p), a));
                                 }
                             }
@@ -1131,6 +1280,90 @@ impl Engine {
         .rows_affected();
         if claimed == 1 {
             self.evaluate(&mut uow, &KINDS).await?;
+        }
+        uow.commit().await?;
+        Ok(())
+    }
+
+    /// Prunes the audit entries older than `keep_for_secs` (oldest first), recording
+    /// the hash of the last pruned entry as the anchor the chain now starts from
+    /// (`AuditEntriesPruned`). Nothing when the retention keeps everything.
+    pub async fn prune_audit(&self, uow: &mut Uow, keep_for_secs: i64) -> ApiResult<()> {
+        if keep_for_secs <= 0 {
+            return Ok(());
+        }
+        let cutoff = to_micros(self.now()) - keep_for_secs * 1_000_000;
+        let row = sqlx::query(
+            "SELECT MAX(sequence) AS up_to, COUNT(*) AS n FROM notifications_audit WHERE occurred_at < $1",
+        )
+        .bind(cutoff)
+        .fetch_one(&mut **uow.tx())
+        .await?;
+        let up_to: Option<i64> = row.try_get("up_to")?;
+        let n: i64 = row.try_get("n")?;
+        let Some(up_to) = up_to else { return Ok(()) };
+        let anchor: String =
+            sqlx::query_scalar("SELECT hash FROM notifications_audit WHERE sequence = $1")
+                .bind(up_to)
+                .fetch_one(&mut **uow.tx())
+                .await?;
+        sqlx::query("DELETE FROM notifications_audit WHERE sequence <= $1")
+            .bind(up_to)
+            .execute(&mut **uow.tx())
+            .await?;
+        uow.emit(NewEvent::new(
+            pb::AuditEntriesPruned {
+                up_to_sequence: up_to,
+                anchor_hash: anchor,
+                pruned_count: n,
+            },
+            "system",
+            "audit",
+        ));
+        Ok(())
+    }
+
+    /// Prunes the audit trail to its retention when the prune timer is due (every
+    /// [`PRUNE_INTERVAL`]), once across replicas; not only when the retention changes.
+    pub async fn prune_if_due(&self) -> ApiResult<()> {
+        let now = to_micros(self.now());
+        let interval = PRUNE_INTERVAL.num_microseconds().unwrap_or(3_600_000_000);
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT due_at FROM notifications_timers WHERE name = 'prune'")
+                .fetch_optional(self.db.reader())
+                .await?;
+        if due.is_some_and(|d| d > now) {
+            return Ok(());
+        }
+        let mut uow = self.log.begin().await?;
+        let claimed = match due {
+            None => {
+                sqlx::query(
+                    "INSERT INTO notifications_timers (name, due_at) VALUES ('prune', $1) ON CONFLICT DO NOTHING",
+                )
+                .bind(now + interval)
+                .execute(&mut **uow.tx())
+                .await?
+                .rows_affected()
+            }
+            Some(due) => {
+                sqlx::query(
+                    "UPDATE notifications_timers SET due_at = $1 WHERE name = 'prune' AND due_at = $2",
+                )
+                .bind(now + interval)
+                .bind(due)
+                .execute(&mut **uow.tx())
+                .await?
+                .rows_affected()
+            }
+        };
+        if claimed == 1 {
+            let keep: Option<i64> = sqlx::query_scalar(
+                "SELECT keep_for_secs FROM notifications_retention WHERE id = 1",
+            )
+            .fetch_optional(&mut **uow.tx())
+            .await?;
+            self.prune_audit(&mut uow, keep.unwrap_or(0)).await?;
         }
         uow.commit().await?;
         Ok(())

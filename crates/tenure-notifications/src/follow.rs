@@ -1,11 +1,15 @@
 //! The consumers of the other contexts' streams (and of this context's own, for the
 //! audit trail). Each event is handled in the unit of work that also stores the
-//! consumer's cursor: its audit entry, the projections, the alerts it affects and the
-//! notifications it causes commit together, exactly once.
+//! consumer's cursor: its audit entry, the projections, the notifications it causes,
+//! and the alerts it affects commit together, exactly once. An activation's alerts
+//! are reconciled there for its principal and role; other events mark the alert kinds
+//! they affect, and those are evaluated together right after
+//! ([`crate::timers::evaluate_marked`]).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use sqlx::Row as _;
 use tenure_platform::ApiError;
 use tenure_platform::clock::from_proto;
 use tenure_platform::consumer::EventHandler;
@@ -96,10 +100,23 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
                     .unwrap_or_else(|| e.now());
                 project::record_use(uow.tx(), &p.id, at, "signed in").await?;
             }
+            // An activation concerns one principal and one role: those kinds are
+            // evaluated for that pair only, not over the whole projection.
+            if let Some(asg::event::Payload::InstanceActivated(x)) = &event.payload
+                && let Some(i) = &x.instance
+                && let (Some(p), Some(r)) = (&i.principal, &i.role)
+            {
+                let pair = [
+                    pb::AlertKind::RolesActivatedTooFrequently,
+                    pb::AlertKind::AdminsNotUsingPrivilegedRoles,
+                ];
+                kinds.retain(|k| !pair.contains(k));
+                e.evaluate_pair(uow, &pair, &p.id, &r.id).await?;
+            }
             if !kinds.is_empty() {
                 kinds.sort_by_key(|k| *k as i32);
                 kinds.dedup();
-                e.evaluate(uow, &kinds).await?;
+                e.mark(uow, &kinds).await?;
             }
             if let Some(asg::event::Payload::AssignmentCreated(x)) = &event.payload
                 && let Some(a) = &x.assignment
@@ -278,12 +295,225 @@ impl EventHandler<rev::Event, pb::Event> for FromReviews {
         event: &'a rev::Event,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
+            let e = &self.0;
             let meta = event.meta.clone().unwrap_or_default();
-            self.0
-                .audit(uow.tx(), &meta, audit::reviews_facts(event))
-                .await
+            e.audit(uow.tx(), &meta, audit::reviews_facts(event))
+                .await?;
+            if let Some(d) = review_draft(uow, event, &meta).await? {
+                e.notify(uow, d).await?;
+            }
+            Ok(())
         })
     }
+}
+
+/// Remembers who reviews in a round (so its completion reaches them all).
+async fn remember_reviewers(
+    uow: &mut Uow,
+    round_id: &str,
+    reviewers: &[common::PrincipalRef],
+) -> Result<(), ApiError> {
+    for r in reviewers {
+        sqlx::query(
+            "INSERT INTO notifications_review_reviewers (round_id, principal_id, type, display_name, upn) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(round_id)
+        .bind(&r.id)
+        .bind(i64::from(r.r#type))
+        .bind(&r.display_name)
+        .bind(&r.user_principal_name)
+        .execute(&mut **uow.tx())
+        .await?;
+    }
+    Ok(())
+}
+
+fn end_text(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(from_proto)
+        .map(|d| d.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// The notification a reviews event causes: a round (or a later stage) started, a
+/// reminder to the reviewers with undecided items, a round completed. Each goes to the
+/// reviewers (REVIEWERS) and the administrators, per the rules.
+async fn review_draft(
+    uow: &mut Uow,
+    event: &rev::Event,
+    meta: &common::EventMeta,
+) -> Result<Option<Draft>, ApiError> {
+    use rev::event::Payload as P;
+    let base = |kind: E, round: &rev::ReviewRound, critical: bool| {
+        let def = round.definition.clone().unwrap_or_default();
+        let scope = def.scope.unwrap_or_default();
+        let scope_id = if scope.scope_id.is_empty() {
+            "/".to_owned()
+        } else {
+            scope.scope_id.clone()
+        };
+        Draft {
+            kind: kind.into(),
+            critical,
+            action_path: format!("/reviews/rounds/{}", round.id),
+            role: (scope.role_ids.len() == 1).then(|| common::RoleRef {
+                id: scope.role_ids[0].clone(),
+                display_name: scope.role_ids[0].clone(),
+            }),
+            scope: Some(common::ScopeRef {
+                id: scope_id.clone(),
+                display_name: scope_id,
+                ..Default::default()
+            }),
+            reference_id: round.id.clone(),
+            start: round.start_time,
+            end: round.end_time,
+            source: meta.clone(),
+            ..Draft::default()
+        }
+    };
+    let message = |round: &rev::ReviewRound| {
+        round
+            .definition
+            .as_ref()
+            .and_then(|d| d.settings.as_ref())
+            .map(|s| s.reviewer_message.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .map(|m| format!(" {m}"))
+            .unwrap_or_default()
+    };
+    Ok(match &event.payload {
+        Some(P::RoundStarted(x)) => {
+            let Some(round) = &x.round else {
+                return Ok(None);
+            };
+            remember_reviewers(uow, &round.id, &x.reviewers).await?;
+            let items = round.progress.as_ref().map_or(0, |p| p.total);
+            let roles: Vec<&str> = x
+                .roles
+                .iter()
+                .map(|r| {
+                    if r.display_name.is_empty() {
+                        r.id.as_str()
+                    } else {
+                        r.display_name.as_str()
+                    }
+                })
+                .collect();
+            let mut d = base(E::ReviewStarted, round, true);
+            if let (Some(r), 1) = (x.roles.first(), x.roles.len()) {
+                d.role = Some(r.clone());
+            }
+            d.title = format!("access review \"{}\" started", round.display_name);
+            d.summary = format!(
+                "Round {} of \"{}\" started: please review who holds {} ({items} item{}) before {}.{}",
+                round.round_number,
+                round.display_name,
+                roles.join(", "),
+                if items == 1 { "" } else { "s" },
+                end_text(round.end_time.as_ref()),
+                message(round)
+            );
+            d.reviewers = x.reviewers.clone();
+            Some(d)
+        }
+        Some(P::StageStarted(x)) => {
+            let Some(round) = &x.round else {
+                return Ok(None);
+            };
+            remember_reviewers(uow, &round.id, &x.reviewers).await?;
+            if x.reviewers.is_empty() {
+                return Ok(None);
+            }
+            let mut d = base(E::ReviewStarted, round, true);
+            d.end = round.stage_end_time;
+            d.title = format!(
+                "access review \"{}\": stage {} started",
+                round.display_name,
+                x.stage + 1
+            );
+            d.summary = format!(
+                "Stage {} of \"{}\" started with {} item{} to review before {}.{}",
+                x.stage + 1,
+                round.display_name,
+                x.item_count,
+                if x.item_count == 1 { "" } else { "s" },
+                end_text(round.stage_end_time.as_ref()),
+                message(round)
+            );
+            d.reviewers = x.reviewers.clone();
+            Some(d)
+        }
+        Some(P::ReminderDue(x)) => {
+            let Some(round) = &x.round else {
+                return Ok(None);
+            };
+            let reviewers: Vec<common::PrincipalRef> = x
+                .reviewers
+                .iter()
+                .filter_map(|r| r.reviewer.clone())
+                .collect();
+            if reviewers.is_empty() {
+                return Ok(None);
+            }
+            let pending: i32 = x.reviewers.iter().map(|r| r.pending_items).sum();
+            let mut d = base(E::ReviewReminder, round, true);
+            d.end = x.end_time;
+            d.title = format!(
+                "reminder: access review \"{}\" ends {}",
+                round.display_name,
+                end_text(x.end_time.as_ref())
+            );
+            d.summary = format!(
+                "\"{}\" ends at {} and {pending} item{} still wait for a decision.{}",
+                round.display_name,
+                end_text(x.end_time.as_ref()),
+                if pending == 1 { "" } else { "s" },
+                message(round)
+            );
+            d.reviewers = reviewers;
+            Some(d)
+        }
+        Some(P::RoundCompleted(x)) => {
+            let Some(round) = &x.round else {
+                return Ok(None);
+            };
+            let rows = sqlx::query(
+                "SELECT principal_id, type, display_name, upn FROM notifications_review_reviewers \
+                 WHERE round_id = $1 ORDER BY principal_id",
+            )
+            .bind(&round.id)
+            .fetch_all(&mut **uow.tx())
+            .await?;
+            let mut reviewers = Vec::with_capacity(rows.len());
+            for row in rows {
+                let t: i64 = row.try_get("type")?;
+                reviewers.push(common::PrincipalRef {
+                    id: row.try_get("principal_id")?,
+                    r#type: i32::try_from(t).unwrap_or(0),
+                    display_name: row.try_get("display_name")?,
+                    user_principal_name: row.try_get("upn")?,
+                });
+            }
+            let p = round.progress.unwrap_or_default();
+            let mut d = base(E::ReviewCompleted, round, false);
+            d.title = format!("access review \"{}\" completed", round.display_name);
+            d.summary = format!(
+                "Round {} of \"{}\" completed{}: {} approved, {} denied, {} not reviewed of {} ({} by the default decision).",
+                round.round_number,
+                round.display_name,
+                if x.stopped_early { " early" } else { "" },
+                p.approved,
+                p.denied,
+                p.not_reviewed + p.dont_know,
+                p.total,
+                x.defaulted_count
+            );
+            d.reviewers = reviewers;
+            Some(d)
+        }
+        _ => None,
+    })
 }
 
 impl EventHandler<pb::Event, pb::Event> for FromSelf {

@@ -111,6 +111,8 @@ impl NotificationsContext {
             config,
             smtp_password,
             timer_wake: tokio::sync::Notify::new(),
+            alert_wake: tokio::sync::Notify::new(),
+            first_scan_done: tokio::sync::watch::Sender::new(false),
             http,
         });
         if let Err(e) = service_token.get() {
@@ -166,6 +168,7 @@ impl NotificationsContext {
             let engine = engine.clone();
             log.spawn_waker(stop, move || engine.timer_wake.notify_one());
         }
+        tokio::spawn(timers::evaluate_marked(engine.clone(), stop.clone()));
         let loader = engine.clone();
         let stop2 = stop.clone();
         tokio::spawn(async move {
@@ -176,6 +179,7 @@ impl NotificationsContext {
                         if let Err(e) = loader.rescan(&[]).await {
                             tracing::warn!(error = %e, "first alert scan failed");
                         }
+                        loader.first_scan_done.send_replace(true);
                         return;
                     }
                     Err(e) => tracing::debug!(error = %e, "loading the role catalogue; retrying"),

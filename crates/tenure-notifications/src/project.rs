@@ -404,6 +404,23 @@ pub async fn expand(tx: &mut Tx, id: &str) -> ApiResult<Vec<(common::PrincipalRe
     Ok(out)
 }
 
+/// Like [`expand`] for a principal named in a source event: when this context's
+/// projection of the assignments stream has not taken the principal in yet (the
+/// consumers of the streams run independently, so another context's event can come
+/// first), the address the event itself carries (a user principal name) is used.
+pub async fn expand_ref(
+    tx: &mut Tx,
+    r: &common::PrincipalRef,
+) -> ApiResult<Vec<(common::PrincipalRef, String)>> {
+    if principal_ref(tx, &r.id).await?.is_some() {
+        return expand(tx, &r.id).await;
+    }
+    if r.r#type != common::PrincipalType::Group as i32 && r.user_principal_name.contains('@') {
+        return Ok(vec![(r.clone(), r.user_principal_name.clone())]);
+    }
+    Ok(vec![])
+}
+
 /// `scope` and its ancestors up to "/".
 pub async fn ancestors(tx: &mut Tx, scope: &str) -> ApiResult<Vec<String>> {
     let mut out = vec![];
@@ -509,16 +526,46 @@ pub async fn role_settings_rules(
 
 /// Loads what alert evaluation needs.
 pub async fn world(tx: &mut Tx, now: DateTime<Utc>) -> ApiResult<World> {
+    load_world(tx, now, None).await
+}
+
+/// Loads the part of the world about one principal's holding and use of one role:
+/// the principal, the roles, that principal's assignments and activations of that
+/// role. Enough for the kinds an activation affects ("activated too frequently",
+/// "administrators aren't using their privileged roles") about that pair; no role
+/// settings, drift or break-glass uses. Reads by index, not the whole projection.
+pub async fn world_of(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    principal_id: &str,
+    role_id: &str,
+) -> ApiResult<World> {
+    load_world(tx, now, Some((principal_id, role_id))).await
+}
+
+async fn load_world(
+    tx: &mut Tx,
+    now: DateTime<Utc>,
+    focus: Option<(&str, &str)>,
+) -> ApiResult<World> {
     let mut w = World {
         now,
         ..World::default()
     };
-    for row in sqlx::query(
-        "SELECT id, type, display_name, upn, enabled, last_sign_in FROM notifications_p_principals",
-    )
-    .fetch_all(&mut **tx)
-    .await?
-    {
+    let principals = match focus {
+        None => sqlx::query(
+            "SELECT id, type, display_name, upn, enabled, last_sign_in FROM notifications_p_principals",
+        )
+        .fetch_all(&mut **tx)
+        .await?,
+        Some((p, _)) => sqlx::query(
+            "SELECT id, type, display_name, upn, enabled, last_sign_in FROM notifications_p_principals WHERE id = $1",
+        )
+        .bind(p)
+        .fetch_all(&mut **tx)
+        .await?,
+    };
+    for row in principals {
         let id: String = row.try_get("id")?;
         let t: i64 = row.try_get("type")?;
         let enabled: i64 = row.try_get("enabled")?;
@@ -550,10 +597,21 @@ pub async fn world(tx: &mut Tx, now: DateTime<Utc>) -> ApiResult<World> {
         role_names.insert(id, row.try_get("display_name")?);
     }
     let mut eligible_roles: BTreeSet<(String, String)> = BTreeSet::new();
-    for row in sqlx::query("SELECT body FROM notifications_p_assignments")
+    let assignments = match focus {
+        None => {
+            sqlx::query("SELECT body FROM notifications_p_assignments")
+                .fetch_all(&mut **tx)
+                .await?
+        }
+        Some((p, r)) => sqlx::query(
+            "SELECT body FROM notifications_p_assignments WHERE principal_id = $1 AND role_id = $2",
+        )
+        .bind(p)
+        .bind(r)
         .fetch_all(&mut **tx)
-        .await?
-    {
+        .await?,
+    };
+    for row in assignments {
         let body: Vec<u8> = row.try_get("body")?;
         let Ok(a) = asg::Assignment::decode(body.as_slice()) else {
             continue;
@@ -581,12 +639,22 @@ pub async fn world(tx: &mut Tx, now: DateTime<Utc>) -> ApiResult<World> {
             },
         });
     }
-    for row in sqlx::query(
-        "SELECT request_id, principal_id, role_id, role_name, scope_id, activated_at FROM notifications_p_activations",
-    )
-    .fetch_all(&mut **tx)
-    .await?
-    {
+    let activations = match focus {
+        None => sqlx::query(
+            "SELECT request_id, principal_id, role_id, role_name, scope_id, activated_at FROM notifications_p_activations",
+        )
+        .fetch_all(&mut **tx)
+        .await?,
+        Some((p, r)) => sqlx::query(
+            "SELECT request_id, principal_id, role_id, role_name, scope_id, activated_at FROM notifications_p_activations \
+             WHERE principal_id = $1 AND role_id = $2",
+        )
+        .bind(p)
+        .bind(r)
+        .fetch_all(&mut **tx)
+        .await?,
+    };
+    for row in activations {
         let at: i64 = row.try_get("activated_at")?;
         w.activations.push(Activation {
             request_id: row.try_get("request_id")?,
@@ -598,6 +666,10 @@ pub async fn world(tx: &mut Tx, now: DateTime<Utc>) -> ApiResult<World> {
             scope_id: row.try_get("scope_id")?,
             at: from_micros(at),
         });
+    }
+    if focus.is_some() {
+        // What one principal's use of one role needs ends here (see `world_of`).
+        return Ok(w);
     }
     // The effective "require MFA on activation" of every role with eligible holders:
     // the role's override, else the organisation defaults, else the built-in (true).

@@ -197,6 +197,26 @@ CREATE TABLE notifications_p_break_glass (
 );
 "#;
 
+/// Who reviews in each round, from the reviews stream (`RoundStarted`, `StageStarted`),
+/// so that the round's completion reaches every reviewer; and the alert kinds waiting
+/// to be evaluated.
+const V2: &str = r#"
+CREATE TABLE notifications_review_reviewers (
+    round_id TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    type BIGINT NOT NULL,
+    display_name TEXT NOT NULL,
+    upn TEXT NOT NULL,
+    PRIMARY KEY (round_id, principal_id)
+);
+-- Alert kinds an event affected and that are not evaluated since; the version moves
+-- with each mark, so an evaluation claims exactly the marks it saw.
+CREATE TABLE notifications_alert_dirty (
+    kind BIGINT PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+"#;
+
 /// This context's migrations.
 pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
     let blob = match backend {
@@ -214,6 +234,11 @@ pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
                 tenure_platform::idempotency::table_sql(PREFIX, backend)
             )
             .into(),
+        },
+        MigrationSpec {
+            version: MIGRATION_BASE + 200,
+            description: "review round reviewers; alert kinds waiting for evaluation".into(),
+            sql: V2.into(),
         },
     ]
 }

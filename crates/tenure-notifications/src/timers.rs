@@ -1,7 +1,7 @@
 //! The notifications context's timer: one wake-up for the next due instant (a delivery
-//! attempt, an expiry reminder, the alert rescan), re-armed when this context's log
-//! moves (a new notification queued) or when woken; no polling interval. Survives
-//! restarts: due work is in the tables.
+//! attempt, an expiry reminder, the alert rescan, pruning the audit trail), re-armed
+//! when this context's log moves (a new notification queued) or when woken; no polling
+//! interval. Survives restarts: due work is in the tables.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,9 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
         let head = engine.log.head();
         if let Err(e) = engine.rescan_if_due().await {
             tracing::warn!(error = %e, "alert rescan failed; retrying");
+        }
+        if let Err(e) = engine.prune_if_due().await {
+            tracing::warn!(error = %e, "audit pruning failed; retrying");
         }
         if let Err(e) = engine.send_due_reminders().await {
             tracing::warn!(error = %e, "expiry reminders failed; retrying");
@@ -47,6 +50,53 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
             () = due => {}
             // a safety net for work another replica scheduled
             () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+/// Evaluates the alert kinds that events marked, until `stop`: woken by each mark;
+/// while marks keep coming, a pass over all marked kinds every 50 ms.
+/// A mark wakes this before the event's unit of work has committed, so after a
+/// wake-up that finds nothing it looks again a few times over the next ~200 ms; and
+/// once a second in any case.
+pub async fn evaluate_marked(engine: Arc<Engine>, stop: CancellationToken) {
+    const SETTLE_MS: [u64; 7] = [1, 2, 5, 10, 25, 50, 100];
+    loop {
+        let woken = engine.alert_wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match engine.evaluate_marked().await {
+            Ok(0) => {}
+            Ok(_) => {
+                // Let marks gather: under a burst of events, one scan per 50 ms.
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "evaluating marked alert kinds failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = &mut woken => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        }
+        for ms in SETTLE_MS {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+            }
+            match engine.evaluate_marked().await {
+                Ok(0) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "evaluating marked alert kinds failed; retrying");
+                    break;
+                }
+            }
         }
     }
 }

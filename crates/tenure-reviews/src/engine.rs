@@ -440,7 +440,13 @@ impl Engine {
         // The next round follows the (new) schedule: the first one when none has run,
         // else the first occurrence after now.
         let sched = d.schedule.unwrap_or_default();
-        let next = if cur.rounds_started == 0 {
+        // A start moved into the future begins the series again there.
+        let restarts = sched
+            .start_time
+            .as_ref()
+            .and_then(from_proto)
+            .is_some_and(|t| t > now);
+        let next = if cur.rounds_started == 0 || restarts {
             rules::next_round(&sched, None, 0, now)
         } else {
             rules::next_round(

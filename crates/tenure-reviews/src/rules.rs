@@ -240,7 +240,10 @@ pub fn normalise(def: &mut pb::ReviewDefinition, now: DateTime<Utc>) -> Result<(
             "is not a known default",
         ),
     }
-    if s.reminder_days_before_end.is_empty() {
+    // The default, 3 days before the end, is shortened for rounds (or stages) that
+    // are not longer than that, rather than refused.
+    let reminders_defaulted = s.reminder_days_before_end.is_empty();
+    if reminders_defaulted {
         s.reminder_days_before_end = vec![3];
     }
     v.check(
@@ -331,6 +334,10 @@ pub fn normalise(def: &mut pb::ReviewDefinition, now: DateTime<Utc>) -> Result<(
         } else {
             sched.duration_days
         };
+        if reminders_defaulted && stage_len > 0 {
+            let shortest = s.reminder_days_before_end[0].min(stage_len);
+            s.reminder_days_before_end = vec![shortest];
+        }
         for (j, d) in s.reminder_days_before_end.iter().enumerate() {
             if *d < 1 || (stage_len > 0 && *d > stage_len) {
                 v.add(
@@ -549,6 +556,28 @@ mod tests {
         assert_eq!(st.reminder_days_before_end, vec![3]);
         assert_eq!(d.scope.unwrap().scope_id, "/");
         assert_eq!(d.enabled, Some(true));
+    }
+
+    #[test]
+    fn the_default_reminder_is_shortened_for_short_rounds_but_a_chosen_one_is_checked() {
+        let now = at("2030-01-01T00:00:00Z");
+        let mut d = def();
+        let s = d.schedule.get_or_insert_with(Default::default);
+        s.recurrence = pb::Recurrence::Weekly.into();
+        s.duration_days = 2;
+        normalise(&mut d, now).unwrap();
+        assert_eq!(d.settings.unwrap().reminder_days_before_end, vec![2]);
+        let mut d = def();
+        d.schedule
+            .get_or_insert_with(Default::default)
+            .duration_days = 2;
+        d.settings
+            .get_or_insert_with(Default::default)
+            .reminder_days_before_end = vec![3];
+        assert_eq!(
+            fields(normalise(&mut d, now)),
+            vec!["review_definition.settings.reminder_days_before_end[0]"]
+        );
     }
 
     #[test]

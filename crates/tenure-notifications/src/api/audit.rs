@@ -386,44 +386,13 @@ impl AuditApi {
     }
 }
 
-/// Prunes entries older than the retention (oldest first), recording the anchor.
+/// Prunes entries older than the retention (see [`Engine::prune_audit`]).
 pub async fn prune(
     engine: &Engine,
     uow: &mut crate::engine::Uow,
     keep_for_secs: i64,
 ) -> ApiResult<()> {
-    if keep_for_secs <= 0 {
-        return Ok(());
-    }
-    let cutoff = to_micros(engine.now()) - keep_for_secs * 1_000_000;
-    let row = sqlx::query(
-        "SELECT MAX(sequence) AS up_to, COUNT(*) AS n FROM notifications_audit WHERE occurred_at < $1",
-    )
-    .bind(cutoff)
-    .fetch_one(&mut **uow.tx())
-    .await?;
-    let up_to: Option<i64> = row.try_get("up_to")?;
-    let n: i64 = row.try_get("n")?;
-    let Some(up_to) = up_to else { return Ok(()) };
-    let anchor: String =
-        sqlx::query_scalar("SELECT hash FROM notifications_audit WHERE sequence = $1")
-            .bind(up_to)
-            .fetch_one(&mut **uow.tx())
-            .await?;
-    sqlx::query("DELETE FROM notifications_audit WHERE sequence <= $1")
-        .bind(up_to)
-        .execute(&mut **uow.tx())
-        .await?;
-    uow.emit(NewEvent::new(
-        pb::AuditEntriesPruned {
-            up_to_sequence: up_to,
-            anchor_hash: anchor,
-            pruned_count: n,
-        },
-        "system",
-        "audit",
-    ));
-    Ok(())
+    engine.prune_audit(uow, keep_for_secs).await
 }
 
 #[tonic::async_trait]

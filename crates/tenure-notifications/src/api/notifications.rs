@@ -239,6 +239,12 @@ impl NotificationsApi {
         }
         v.finish()?;
         require(&self.engine, c, WRITE).await?;
+        if tops.iter().any(|t| t == "administrators") {
+            let a = s.administrators.clone().unwrap_or_default();
+            self.require_roles(&a.role_ids).await?;
+            self.require_roles(&a.resource_role_ids).await?;
+            self.require_principals(&a.principal_ids).await?;
+        }
         let engine = self.engine.clone();
         let who = c.principal_id.clone();
         idempotent(&self.engine, "UpdateNotificationSettings", &r.request_id, &c.principal_id, move |uow| {
@@ -333,6 +339,43 @@ impl NotificationsApi {
             }
             None => Ok(None),
         }
+    }
+
+    /// NOT_FOUND for the first role the assignments context does not know.
+    async fn require_roles(&self, ids: &[String]) -> ApiResult<()> {
+        for id in ids {
+            if !self.engine.assignments.role_exists(id).await? {
+                return Err(ApiError::not_found("role", id));
+            }
+        }
+        Ok(())
+    }
+
+    /// NOT_FOUND for the first principal the assignments context does not know.
+    async fn require_principals(&self, ids: &[String]) -> ApiResult<()> {
+        for id in ids {
+            if !self.engine.assignments.principal_exists(id).await? {
+                return Err(ApiError::not_found("principal", id));
+            }
+        }
+        Ok(())
+    }
+
+    /// NOT_FOUND for an unknown role, scope or extra-recipient principal of a rule set.
+    async fn require_rule_set_refs(&self, set: &pb::NotificationRuleSet) -> ApiResult<()> {
+        if !set.role_id.is_empty() {
+            self.require_roles(std::slice::from_ref(&set.role_id))
+                .await?;
+        }
+        if !set.scope_id.is_empty() && !self.engine.assignments.scope_exists(&set.scope_id).await? {
+            return Err(ApiError::not_found("scope", &set.scope_id));
+        }
+        for r in &set.rules {
+            if let Some(x) = &r.extra_recipients {
+                self.require_principals(&x.principal_ids).await?;
+            }
+        }
+        Ok(())
     }
 
     fn check_rules(set: &pb::NotificationRuleSet, v: &mut Violations) {
@@ -454,6 +497,12 @@ impl pb::notifications_service_server::NotificationsService for NotificationsApi
         let r = request.into_inner();
         async {
             require(&self.engine, &c, READ).await?;
+            self.require_rule_set_refs(&pb::NotificationRuleSet {
+                role_id: r.role_id.clone(),
+                scope_id: r.scope_id.clone(),
+                ..Default::default()
+            })
+            .await?;
             let set = match self.rule_set(&r.role_id, &r.scope_id).await? {
                 Some((mut s, v)) => {
                     s.etag = v.to_string();
@@ -525,6 +574,7 @@ impl pb::notifications_service_server::NotificationsService for NotificationsApi
             Self::check_rules(&set, &mut v);
             v.finish()?;
             require(&self.engine, &c, WRITE).await?;
+            self.require_rule_set_refs(&set).await?;
             let before = self.rule_set(&set.role_id, &set.scope_id).await?;
             let engine = self.engine.clone();
             let who = c.principal_id.clone();
@@ -609,6 +659,12 @@ impl pb::notifications_service_server::NotificationsService for NotificationsApi
             } else {
                 r.scope_id.clone()
             };
+            self.require_rule_set_refs(&pb::NotificationRuleSet {
+                role_id: r.role_id.clone(),
+                scope_id: scope.clone(),
+                ..Default::default()
+            })
+            .await?;
             let mut tx = self.engine.db.reader().begin().await?;
             let mut out = Vec::new();
             for e in rules::EVENT_KINDS {

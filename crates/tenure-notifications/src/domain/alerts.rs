@@ -341,6 +341,16 @@ impl World {
     }
 }
 
+/// The incident key of an assignment (administrators not using their roles).
+pub fn assignment_key(assignment_id: &str) -> String {
+    format!("assignment:{assignment_id}")
+}
+
+/// The incident key of one principal activating one role too often.
+pub fn frequent_key(principal_id: &str, role_id: &str) -> String {
+    format!("frequent:{principal_id}:{role_id}")
+}
+
 fn incident(
     principal: Option<common::PrincipalRef>,
     role: Option<common::RoleRef>,
@@ -424,7 +434,7 @@ pub fn evaluate(settings: &pb::AlertSettings, w: &World) -> BTreeMap<String, pb:
                 if w.now - since >= limit {
                     let what = if a.eligible { "activation" } else { "sign-in" };
                     out.insert(
-                        format!("assignment:{}", a.id),
+                        assignment_key(&a.id),
                         pb::AlertIncident {
                             assignment_id: a.id.clone(),
                             ..incident(
@@ -485,7 +495,7 @@ pub fn evaluate(settings: &pb::AlertSettings, w: &World) -> BTreeMap<String, pb:
                 let first = list.first().map(|a| a.at).unwrap_or(w.now);
                 let last = list.last().map(|a| a.at).unwrap_or(w.now);
                 out.insert(
-                    format!("frequent:{p}:{r}"),
+                    frequent_key(&p, &r),
                     pb::AlertIncident {
                         request_ids: list.iter().map(|a| a.request_id.clone()).collect(),
                         ..incident(

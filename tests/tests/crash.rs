@@ -201,20 +201,20 @@ async fn scalar(db: &Db, sql: &str) -> i64 {
 
 async fn check_logs_gapless(db: &Db) {
     for ctx in ["assignments", "activation", "reviews", "notifications"] {
-        let head = scalar(
-            db,
-            &format!("SELECT last_sequence FROM {ctx}_event_head WHERE id = 1"),
-        )
-        .await;
-        let count = scalar(db, &format!("SELECT COUNT(*) FROM {ctx}_events")).await;
-        let max = scalar(
-            db,
-            &format!("SELECT COALESCE(MAX(sequence), 0) FROM {ctx}_events"),
-        )
-        .await;
+        // One statement, one snapshot: the restarted server keeps writing meanwhile.
+        let (head, count, max, beyond): (i64, i64, i64, i64) = sqlx::query_as(&format!(
+            "SELECT h.last_sequence, \
+                    (SELECT COUNT(*) FROM {ctx}_events WHERE sequence <= h.last_sequence), \
+                    (SELECT COALESCE(MAX(sequence), 0) FROM {ctx}_events WHERE sequence <= h.last_sequence), \
+                    (SELECT COUNT(*) FROM {ctx}_events WHERE sequence > h.last_sequence) \
+             FROM {ctx}_event_head h WHERE h.id = 1"
+        ))
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
         assert_eq!(
-            (count, max),
-            (head, head),
+            (count, max, beyond),
+            (head, head, 0),
             "{ctx} log gapless and its head row right"
         );
     }
@@ -273,22 +273,25 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
         // Committed means evented, and the logs are gapless.
         check_logs_gapless(&pg).await;
-        let requests = scalar(&pg, "SELECT COUNT(*) FROM activation_requests").await;
-        let created = scalar(
-            &pg,
-            "SELECT COUNT(DISTINCT subject) FROM activation_events WHERE event_type LIKE '%RequestCreated'",
+        // Each pair in one statement (one snapshot): the timer may provision meanwhile.
+        let (requests, created): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM activation_requests), \
+                    (SELECT COUNT(DISTINCT subject) FROM activation_events WHERE event_type LIKE '%RequestCreated')",
         )
-        .await;
+        .fetch_one(pg.reader())
+        .await
+        .unwrap();
         assert_eq!(
             requests, created,
             "cycle {cycle}: every request has its RequestCreated"
         );
-        let instances = scalar(&pg, "SELECT COUNT(*) FROM assignments_activations").await;
-        let activated = scalar(
-            &pg,
-            "SELECT COUNT(*) FROM assignments_events WHERE event_type LIKE '%InstanceActivated'",
+        let (instances, activated): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM assignments_activations), \
+                    (SELECT COUNT(*) FROM assignments_events WHERE event_type LIKE '%InstanceActivated')",
         )
-        .await;
+        .fetch_one(pg.reader())
+        .await
+        .unwrap();
         assert_eq!(
             instances, activated,
             "cycle {cycle}: every instance has its event, once"

@@ -246,3 +246,19 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Polls `f` every 50 ms for at most `secs` seconds until it holds, for what follows
+/// another process's work (a stream consumer, a timer); panics naming `what` otherwise.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 20 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within {secs} s: {what}");
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use rand::Rng as _;
-use tenure_e2e::cluster::{Cluster, NodeSpec, free_port};
+use tenure_e2e::cluster::{Cluster, NodeSpec, eventually, free_port};
 use tenure_e2e::harness::approval_by;
 use tenure_platform::db::Db;
 use tenure_platform::testing::TestDb;
@@ -218,20 +218,6 @@ async fn check_logs_gapless(db: &Db) {
             "{ctx} log gapless and its head row right"
         );
     }
-}
-
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..secs * 20 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within {secs} s: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

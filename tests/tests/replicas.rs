@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tenure_e2e::cluster::{Cluster, NodeSpec, free_port};
+use tenure_e2e::cluster::{Cluster, NodeSpec, eventually, free_port};
 use tenure_e2e::harness::approval_by;
 use tenure_platform::clock::Clock as _;
 use tenure_platform::testing::TestDb;
@@ -183,21 +183,6 @@ async fn my_requests(c: &Cluster, node: &str, who: &str) -> Vec<act::Request> {
         .unwrap()
         .into_inner()
         .requests
-}
-
-/// Polls `f` every 50 ms for at most `secs` seconds until it holds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..secs * 20 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not within {secs} s: {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,6 +5,8 @@
 //! (effectively once; delivery itself is at least once). Several replicas may run the
 //! same consumer against one database: each event's cursor move is claimed, under the
 //! cursor row's lock, before the handler runs, so exactly one replica handles it.
+//! Events already waiting are handled in batches (one unit of work and one claim per
+//! batch), so a busy consumer pays one transaction per batch rather than per event.
 //!
 //! The consumer reconnects with exponential backoff (100 ms doubling to 10 s, with
 //! jitter) and resumes after its stored cursor. A gap in the sequence (which a correct
@@ -13,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -95,36 +98,83 @@ where
     }
 
     /// Follows the stream from the stored cursor until it fails or ends.
+    ///
+    /// Events that have already arrived when one is taken are handled together, up to
+    /// [`MAX_BATCH`], in one unit of work with one cursor claim: under load a consumer
+    /// pays one transaction per batch, not per event, and an idle one still handles
+    /// each event the moment it arrives (nothing waits for a batch to fill). A batch
+    /// commits or rolls back whole, so each event still takes effect exactly once.
     async fn follow(&self) -> Result<(), ApiError> {
         let mut cursor = self.cursor().await?;
         let mut stream = self.source.subscribe(cursor).await?;
-        while let Some(item) = stream.next().await {
-            let event = item?;
-            let seq = event.meta().map_or(0, |m| m.sequence);
-            if seq <= cursor {
-                continue; // a replay of what is done already
+        let mut batch: Vec<S> = Vec::new();
+        loop {
+            let Some(first) = stream.next().await else {
+                return Ok(());
+            };
+            batch.clear();
+            batch.push(first?);
+            // What the stream has already delivered joins the batch; an error there is
+            // returned once the events before it are handled.
+            let mut failed = None;
+            while batch.len() < MAX_BATCH {
+                match stream.next().now_or_never() {
+                    Some(Some(Ok(e))) => batch.push(e),
+                    Some(Some(Err(e))) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    Some(None) | None => break,
+                }
             }
-            if seq != cursor + 1 {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "gap in {} stream: expected {}, got {seq}",
-                    self.name,
-                    cursor + 1
-                )));
+            loop {
+                // Replays of what is done already drop out; what is left must follow on.
+                batch.retain(|e| seq_of(e) > cursor);
+                let Some(last) = batch.last().map(seq_of) else {
+                    break;
+                };
+                if let Some(gap) = batch
+                    .iter()
+                    .zip(cursor + 1..)
+                    .find(|(e, want)| seq_of(*e) != *want)
+                {
+                    return Err(ApiError::Internal(anyhow::anyhow!(
+                        "gap in {} stream: expected {}, got {}",
+                        self.name,
+                        gap.1,
+                        seq_of(gap.0)
+                    )));
+                }
+                let mut uow = self.log.begin().await?;
+                if !claim_cursor(uow.tx(), self.log.prefix(), &self.name, cursor, last).await? {
+                    // Another replica of this consumer handled some of them: skip to
+                    // where it is, and take what is left of the batch from there.
+                    uow.rollback().await?;
+                    cursor = self.cursor().await?;
+                    tracing::debug!(source = %self.name, cursor, "another replica moved the cursor");
+                    continue;
+                }
+                for event in &batch {
+                    self.handler.handle(&mut uow, event).await?;
+                }
+                uow.commit().await?;
+                cursor = last;
+                break;
             }
-            let mut uow = self.log.begin().await?;
-            if !claim_cursor(uow.tx(), self.log.prefix(), &self.name, cursor, seq).await? {
-                // Another replica of this consumer handled it: skip to where it is.
-                uow.rollback().await?;
-                cursor = self.cursor().await?;
-                tracing::debug!(source = %self.name, cursor, "another replica moved the cursor");
-                continue;
+            if let Some(e) = failed {
+                return Err(e);
             }
-            self.handler.handle(&mut uow, &event).await?;
-            uow.commit().await?;
-            cursor = seq;
         }
-        Ok(())
     }
+}
+
+/// The most events one unit of work of a consumer handles. Bounded so that a consumer
+/// catching up on a backlog still lets the context's other writers in between batches
+/// (on SQLite they share one writer).
+pub const MAX_BATCH: usize = 64;
+
+fn seq_of<E: EventEnvelope>(e: &E) -> i64 {
+    e.meta().map_or(0, |m| m.sequence)
 }
 
 /// An [`EventSource`] over an [`EventLog`] in the same process (tests, and a context

@@ -417,6 +417,100 @@ async fn consumer_handles_each_event_once_across_restarts_of_both_sides() {
     assert_eq!(db.backend() == Backend::Postgres, on_postgres());
 }
 
+/// Records each event with its position in its unit of work (by emitting one event of
+/// the consuming context per handled event and reading how many are staged), and fails
+/// once, the first time it meets sequence `fail_at`, after the events before it in the
+/// same batch were handled.
+struct BatchRecorder {
+    fail_at: i64,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl EventHandler<TestEvent, TestEvent> for BatchRecorder {
+    fn handle<'a>(
+        &'a self,
+        uow: &'a mut UnitOfWork<TestEvent>,
+        event: &'a TestEvent,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if seq(event) == self.fail_at
+                && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(ApiError::Internal(anyhow::anyhow!("injected failure")));
+            }
+            uow.emit(ev(&format!("handled {}", seq(event)), false));
+            sqlx::query("INSERT INTO seen (sequence, note) VALUES ($1, $2)")
+                .bind(seq(event))
+                .bind(uow.pending().to_string())
+                .execute(&mut **uow.tx())
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_handled_in_batches_that_commit_or_roll_back_whole() {
+    let (_t, db) = setup(&["p", "c"]).await;
+    let own = EventLog::<TestEvent>::open(db.clone(), clock(), "c")
+        .await
+        .unwrap();
+    let plog = EventLog::<TestEvent>::open(db.clone(), clock(), "p")
+        .await
+        .unwrap();
+    let pstop = CancellationToken::new();
+    plog.spawn_tailer(&pstop);
+    // A backlog of 300 events before the consumer starts.
+    for chunk in 0..3 {
+        commit(
+            &plog,
+            (1..=100)
+                .map(|i| ev(&(chunk * 100 + i).to_string(), false))
+                .collect(),
+        )
+        .await;
+    }
+    let stop = CancellationToken::new();
+    let consumer = Consumer {
+        name: "p".to_owned(),
+        log: own.clone(),
+        source: Arc::new(LocalSource(plog.clone())),
+        handler: Arc::new(BatchRecorder {
+            fail_at: 150,
+            failed: false.into(),
+        }),
+    };
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    wait_cursor(&db, 300).await;
+    stop.cancel();
+    task.await.unwrap();
+    pstop.cancel();
+
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT sequence, note FROM seen ORDER BY sequence")
+            .fetch_all(db.reader())
+            .await
+            .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=300).collect::<Vec<_>>(),
+        "every event handled exactly once, also those of the batch that failed"
+    );
+    let positions: Vec<usize> = rows.iter().map(|r| r.1.parse().unwrap()).collect();
+    let largest = positions.iter().copied().max().unwrap();
+    assert!(
+        largest > 1,
+        "a backlog is handled several events per unit of work"
+    );
+    assert!(largest <= tenure_platform::consumer::MAX_BATCH);
+    // What the failed batch emitted was rolled back with it: one own event per event.
+    let own_events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM c_events")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    assert_eq!(own_events, 300);
+}
+
 #[tokio::test]
 async fn events_record_the_trace_context_of_the_call_that_wrote_them() {
     let (_t, db) = setup(&["t"]).await;

@@ -199,8 +199,29 @@ async fn scalar(db: &Db, sql: &str) -> i64 {
         .unwrap()
 }
 
-async fn check_logs_gapless(db: &Db) {
-    for ctx in ["assignments", "activation", "reviews", "notifications"] {
+/// The contexts' databases: one on PostgreSQL, a file each on SQLite.
+#[derive(Clone)]
+struct Dbs(Vec<(&'static str, Db)>);
+
+impl Dbs {
+    async fn open(t: &TestDb) -> Self {
+        let mut v = Vec::new();
+        for ctx in CONTEXTS {
+            v.push((ctx, t.connect_context(ctx).await.unwrap()));
+        }
+        Self(v)
+    }
+
+    fn of(&self, ctx: &str) -> &Db {
+        &self.0.iter().find(|(c, _)| *c == ctx).unwrap().1
+    }
+}
+
+const CONTEXTS: [&str; 4] = ["assignments", "activation", "reviews", "notifications"];
+
+async fn check_logs_gapless(dbs: &Dbs) {
+    for ctx in CONTEXTS {
+        let db = dbs.of(ctx);
         // One statement, one snapshot: the restarted server keeps writing meanwhile.
         let (head, count, max, beyond): (i64, i64, i64, i64) = sqlx::query_as(&format!(
             "SELECT h.last_sequence, \
@@ -239,7 +260,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     })
     .await;
     setup(&c, cycles).await;
-    let pg = db.connect().await.unwrap();
+    let pg = Dbs::open(&db).await;
     let mut rng = rand::thread_rng();
 
     for cycle in 0..cycles {
@@ -264,7 +285,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             "SELECT (SELECT COUNT(*) FROM activation_requests), \
                     (SELECT COUNT(DISTINCT subject) FROM activation_events WHERE event_type LIKE '%RequestCreated')",
         )
-        .fetch_one(pg.reader())
+        .fetch_one(pg.of("activation").reader())
         .await
         .unwrap();
         assert_eq!(
@@ -275,7 +296,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             "SELECT (SELECT COUNT(*) FROM assignments_activations), \
                     (SELECT COUNT(*) FROM assignments_events WHERE event_type LIKE '%InstanceActivated')",
         )
-        .fetch_one(pg.reader())
+        .fetch_one(pg.of("assignments").reader())
         .await
         .unwrap();
         assert_eq!(
@@ -285,7 +306,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
         // A subscriber from the start sees every sequence once, in order.
         let head = scalar(
-            &pg,
+            pg.of("activation"),
             "SELECT last_sequence FROM activation_event_head WHERE id = 1",
         )
         .await;
@@ -319,7 +340,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
                 let pg = pg.clone();
                 async move {
                     scalar(
-                        &pg,
+                        pg.of("activation"),
                         &format!(
                             "SELECT COUNT(*) FROM activation_requests WHERE status = {granted}"
                         ),
@@ -334,14 +355,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         eventually(30, &format!("cycle {cycle}: audit caught up"), || {
             let pg = pg.clone();
             async move {
-                let head = scalar(&pg, "SELECT last_sequence FROM activation_event_head WHERE id = 1").await;
+                let head = scalar(pg.of("activation"), "SELECT last_sequence FROM activation_event_head WHERE id = 1").await;
                 let cursor = scalar(
-                    &pg,
+                    pg.of("notifications"),
                     "SELECT COALESCE(MAX(last_sequence), 0) FROM notifications_cursors WHERE source = 'activation'",
                 )
                 .await;
                 let audited = scalar(
-                    &pg,
+                    pg.of("notifications"),
                     "SELECT COUNT(*) FROM notifications_audit WHERE source_context = 'activation'",
                 )
                 .await;
@@ -351,7 +372,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         .await;
         // No activation outlives its request's end: each instance ends at or before it.
         let late = scalar(
-            &pg,
+            pg.of("assignments"),
             "SELECT COUNT(*) FROM assignments_activations a WHERE a.ended_at IS NOT NULL AND a.ended_at > a.end_at",
         )
         .await;
@@ -361,7 +382,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         );
     }
     let provisioned = scalar(
-        &pg,
+        pg.of("activation"),
         &format!(
             "SELECT COUNT(*) FROM activation_requests WHERE status = {}",
             act::RequestStatus::Provisioned as i64
@@ -369,7 +390,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     )
     .await;
     let ended = scalar(
-        &pg,
+        pg.of("activation"),
         &format!(
             "SELECT COUNT(*) FROM activation_requests WHERE status = {}",
             act::RequestStatus::Ended as i64

@@ -626,6 +626,15 @@ impl Config {
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("tenure.db").display()))
     }
+
+    /// The database URL of one context. PostgreSQL: the configured database, shared by
+    /// the contexts (each keeps to its own tables). SQLite: a file of the context's own
+    /// next to the configured one (`tenure.db` → `tenure-assignments.db`, …), so the
+    /// contexts of one process never queue on each other's writer (SQLite has one
+    /// writer per file), as they would not when split over processes.
+    pub fn database_url_for(&self, context: &str) -> String {
+        crate::db::context_url(&self.effective_database_url(), context)
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@
 //! - Where only one backend needs a statement (row locks with `SKIP LOCKED` on
 //!   PostgreSQL), the code asks [`Db::backend`].
 //!
-//! SQLite gets one writer connection (it allows one writer anyway; queuing in the pool
+//! On SQLite each context has a file of its own ([`context_url`]). Each file gets one
+//! writer connection (it allows one writer anyway; queuing in the pool
 //! beats spinning on `SQLITE_BUSY`) and a pool of readers, in WAL mode.
 
 use std::borrow::Cow;
@@ -223,7 +224,59 @@ impl Db {
     }
 }
 
+/// The URL of one context's database given the configured one: unchanged on
+/// PostgreSQL; on SQLite, the file with `-CONTEXT` before its extension
+/// (`sqlite:///var/lib/tenure/tenure.db?x` → `sqlite:///var/lib/tenure/tenure-activation.db?x`).
+pub fn context_url(url: &str, context: &str) -> String {
+    if !url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    // The file name starts after the last '/' (or after "sqlite:" for a bare name).
+    let name_start = base.rfind('/').map_or("sqlite:".len(), |i| i + 1);
+    let (dir, name) = base.split_at(name_start);
+    let file = match name.rfind('.') {
+        Some(dot) if dot > 0 => format!("{}-{context}{}", &name[..dot], &name[dot..]),
+        _ => format!("{name}-{context}"),
+    };
+    match query {
+        Some(q) => format!("{dir}{file}?{q}"),
+        None => format!("{dir}{file}"),
+    }
+}
+
 /// Maps a boolean to the integer stored for it.
 pub fn flag(b: bool) -> i64 {
     i64::from(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::context_url;
+
+    #[test]
+    fn each_context_gets_its_own_sqlite_file_and_shares_postgres() {
+        assert_eq!(
+            context_url("sqlite:///var/lib/tenure/tenure.db", "activation"),
+            "sqlite:///var/lib/tenure/tenure-activation.db"
+        );
+        assert_eq!(
+            context_url("sqlite://data/x.db?mode=rwc", "reviews"),
+            "sqlite://data/x-reviews.db?mode=rwc"
+        );
+        assert_eq!(
+            context_url("sqlite:db", "assignments"),
+            "sqlite:db-assignments"
+        );
+        assert_eq!(
+            context_url("sqlite:///tmp/.hidden", "a"),
+            "sqlite:///tmp/.hidden-a"
+        );
+        assert_eq!(
+            context_url("postgres://u@h:5432/tenure", "activation"),
+            "postgres://u@h:5432/tenure"
+        );
+    }
 }

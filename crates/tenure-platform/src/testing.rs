@@ -69,6 +69,13 @@ impl TestDb {
     pub async fn connect(&self) -> anyhow::Result<Db> {
         Db::connect(&self.url).await
     }
+
+    /// Opens the database a server started on [`TestDb::url`] keeps `context` in: the
+    /// same database on PostgreSQL, the context's own file on SQLite
+    /// ([`crate::db::context_url`]).
+    pub async fn connect_context(&self, context: &str) -> anyhow::Result<Db> {
+        Db::connect(&crate::db::context_url(&self.url, context)).await
+    }
 }
 
 impl Drop for TestDb {

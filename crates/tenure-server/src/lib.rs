@@ -37,7 +37,8 @@ pub struct Contexts {
 /// A server, built and ready to serve.
 pub struct App {
     config: Config,
-    db: Db,
+    /// The databases of the served contexts (one on PostgreSQL, one per context on SQLite).
+    dbs: Vec<Db>,
     /// The contexts this process serves.
     pub contexts: Contexts,
     /// The development issuer, when enabled.
@@ -85,8 +86,25 @@ impl App {
             );
             config.auth.bootstrap_principal = Some("admin".to_owned());
         }
-        let db = Db::connect(&config.effective_database_url()).await?;
         let served = config.context_list()?;
+        // One pool for all contexts on PostgreSQL; a file (and writer) each on SQLite.
+        let mut dbs: Vec<(&'static str, Db)> = Vec::new();
+        for ctx in &served {
+            let url = config.database_url_for(ctx);
+            let db = match dbs.iter().find(|(_, d)| d.url() == url) {
+                Some((_, d)) => d.clone(),
+                None => Db::connect(&url)
+                    .await
+                    .with_context(|| format!("opening the {ctx} database"))?,
+            };
+            dbs.push((ctx, db));
+        }
+        let db_for = |ctx: &str| -> anyhow::Result<Db> {
+            dbs.iter()
+                .find(|(c, _)| *c == ctx)
+                .map(|(_, d)| d.clone())
+                .ok_or_else(|| anyhow::anyhow!("no database opened for {ctx}"))
+        };
 
         let mut verifiers = Vec::new();
         if let Some(path) = &config.auth.jwks_file {
@@ -175,7 +193,7 @@ impl App {
             };
             contexts.assignments = Some(
                 tenure_assignments::AssignmentsContext::open(
-                    db.clone(),
+                    db_for("assignments")?,
                     clock.clone(),
                     settings,
                     &background,
@@ -187,7 +205,7 @@ impl App {
             let channel = peer("assignments", &config.peers.assignments)?;
             contexts.activation = Some(
                 tenure_activation::ActivationContext::open(
-                    db.clone(),
+                    db_for("activation")?,
                     clock.clone(),
                     channel,
                     service_token.clone(),
@@ -201,7 +219,7 @@ impl App {
             let channel = peer("assignments", &config.peers.assignments)?;
             contexts.reviews = Some(
                 tenure_reviews::ReviewsContext::open(
-                    db.clone(),
+                    db_for("reviews")?,
                     clock.clone(),
                     channel,
                     service_token.clone(),
@@ -219,7 +237,7 @@ impl App {
             };
             contexts.notifications = Some(
                 tenure_notifications::NotificationsContext::open(
-                    db.clone(),
+                    db_for("notifications")?,
                     clock.clone(),
                     peers,
                     service_token.clone(),
@@ -229,9 +247,15 @@ impl App {
                 .await?,
             );
         }
+        let mut distinct: Vec<Db> = Vec::new();
+        for (_, d) in dbs {
+            if !distinct.iter().any(|x| x.url() == d.url()) {
+                distinct.push(d);
+            }
+        }
         Ok(Self {
             config,
-            db,
+            dbs: distinct,
             contexts,
             dev_issuer,
             auth: Authenticator::new(verifiers),
@@ -250,9 +274,9 @@ impl App {
         Ok(())
     }
 
-    /// The database handle (for tests and tools).
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// The database handles of the served contexts (for tests and tools).
+    pub fn databases(&self) -> &[Db] {
+        &self.dbs
     }
 
     /// Serves until `shutdown` completes, then shuts down in order: health turns
@@ -391,7 +415,7 @@ impl App {
             );
 
         let contexts: Vec<&str> = self.config.context_list()?;
-        tracing::info!(%addr, contexts = %contexts.join(","), backend = ?self.db.backend(), tls = self.tls.server.is_some(), mutual_tls = self.config.tls.client_ca_file.is_some(), "tenure listening");
+        tracing::info!(%addr, contexts = %contexts.join(","), backend = ?self.dbs.first().map(Db::backend), tls = self.tls.server.is_some(), mutual_tls = self.config.tls.client_ca_file.is_some(), "tenure listening");
 
         let reporter = health_reporter.clone();
         let shutdown_task = tokio::spawn(async move {
@@ -411,7 +435,9 @@ impl App {
         let served = server.await;
         shutdown_task.abort();
         self.background.cancel();
-        self.db.close().await;
+        for db in &self.dbs {
+            db.close().await;
+        }
         tracing::info!("tenure stopped");
         served.context("serving gRPC")
     }

@@ -4,6 +4,11 @@
 //!
 //! The binary is built once per test run by [`crate::binaries`] (or taken from
 //! `TENURE_BIN_DIR`).
+//!
+//! A cluster made with [`Cluster::with_dev_clock`] starts every node with
+//! `--dev-clock`: each process has a clock of its own that stands still until
+//! [`Cluster::advance`] moves them all by the same amount, and the test's tokens are
+//! minted at that time (a server checks `exp`/`nbf` against its own clock).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -12,8 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use tenure_platform::auth::DevIssuer;
-use tenure_platform::clock::SystemClock;
+use tenure_platform::clock::{Clock as _, ManualClock, SharedClock, SystemClock, from_proto};
+use tenure_proto::devauth::v1 as devauth;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -82,6 +89,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     database_url: String,
     issuer: DevIssuer,
+    /// With the development clock: the time every node stands at, which the issuer
+    /// mints the test's tokens at.
+    dev_time: Option<ManualClock>,
     /// TOML tables appended to every node's configuration (for example `[limits]`).
     pub extra_toml: String,
 }
@@ -89,17 +99,67 @@ pub struct Cluster {
 impl Cluster {
     /// An empty cluster over `database_url`.
     pub fn new(database_url: &str) -> Self {
+        Self::make(database_url, None)
+    }
+
+    /// An empty cluster over `database_url` whose nodes run `tenure serve --dev-clock`.
+    /// They share the data directory, so each starts from the time kept there (the
+    /// first one's start); move them with [`Cluster::advance`].
+    pub fn with_dev_clock(database_url: &str) -> Self {
+        Self::make(database_url, Some(ManualClock::new(SystemClock.now())))
+    }
+
+    fn make(database_url: &str, dev_time: Option<ManualClock>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let issuer =
-            DevIssuer::load_or_create(&dir.path().join("dev-issuer"), Arc::new(SystemClock))
-                .expect("dev issuer key");
+        let clock: SharedClock = match &dev_time {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let issuer = DevIssuer::load_or_create(&dir.path().join("dev-issuer"), clock)
+            .expect("dev issuer key");
         Self {
             nodes: Vec::new(),
             dir,
             database_url: database_url.to_owned(),
             issuer,
+            dev_time,
             extra_toml: String::new(),
         }
+    }
+
+    /// The nodes' time: the development clock's, or the wall clock's.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.issuer.now()
+    }
+
+    /// Moves the development clock of every running node forward by `by`, one node
+    /// after the other in start order, and checks that each lands on the same time.
+    /// Panics without the development clock.
+    pub async fn advance(&self, by: TimeDelta) {
+        let clock = self
+            .dev_time
+            .as_ref()
+            .expect("advance needs Cluster::with_dev_clock");
+        let before = clock.now();
+        let by_proto = prost_types::Duration {
+            seconds: by.num_seconds(),
+            nanos: by.subsec_nanos(),
+        };
+        // Minted at the time every node stands at: each checks it before it moves.
+        let token = self.token("admin", true);
+        for n in self.nodes.iter().filter(|n| n.running()) {
+            let r = devauth::dev_clock_service_client::DevClockServiceClient::new(n.channel())
+                .advance_clock(crate::harness::authed(
+                    devauth::AdvanceClockRequest { by: Some(by_proto) },
+                    &token,
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("advancing the clock of {}: {e}", n.name))
+                .into_inner();
+            let now = r.now.as_ref().and_then(from_proto);
+            assert_eq!(now, Some(before + by), "{} moved elsewhere", n.name);
+        }
+        clock.set(before + by);
     }
 
     /// A development token for `subject`.
@@ -130,9 +190,18 @@ impl Cluster {
         let config = self.dir.path().join(format!("{}.toml", spec.name));
         std::fs::write(&config, toml).expect("config written");
         let log = self.dir.path().join(format!("{}.log", spec.name));
-        let node = spawn(spec.name, spec.addr, config, log).await;
+        let first = self.nodes.is_empty();
+        let node = spawn(spec.name, spec.addr, config, log, self.dev_time.is_some()).await;
         self.nodes.push(node);
-        self.nodes.last().expect("just pushed")
+        let node = self.nodes.last().expect("just pushed");
+        if let Some(clock) = &self.dev_time {
+            let at = dev_now(node).await;
+            if first {
+                clock.set(at);
+            }
+            assert_eq!(at, clock.now(), "{} stands at another time", node.name);
+        }
+        node
     }
 
     /// Starts the node called `name` again (killing it first if it runs), on the same
@@ -148,7 +217,7 @@ impl Cluster {
             let n = &self.nodes[i];
             (n.addr, n.config.clone(), n.log.clone())
         };
-        self.nodes[i] = spawn(name, addr, config, log).await;
+        self.nodes[i] = spawn(name, addr, config, log, self.dev_time.is_some()).await;
     }
 
     /// The node called `name`.
@@ -169,16 +238,37 @@ impl Cluster {
     }
 }
 
-async fn spawn(name: &str, addr: SocketAddr, config: PathBuf, log: PathBuf) -> Node {
+/// The development clock's time on `node`.
+async fn dev_now(node: &Node) -> DateTime<Utc> {
+    devauth::dev_clock_service_client::DevClockServiceClient::new(node.channel())
+        .get_time(devauth::GetTimeRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("the time of {}: {e}", node.name))
+        .into_inner()
+        .now
+        .as_ref()
+        .and_then(from_proto)
+        .expect("a time")
+}
+
+async fn spawn(
+    name: &str,
+    addr: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    dev_clock: bool,
+) -> Node {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)
         .expect("log file");
-    let child = Command::new(tenure_bin())
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
+    let mut cmd = Command::new(tenure_bin());
+    cmd.arg("serve").arg("--config").arg(&config);
+    if dev_clock {
+        cmd.arg("--dev-clock");
+    }
+    let child = cmd
         .env("RUST_LOG", "warn")
         .env_remove("TENURE_DATABASE_URL")
         .env_remove("TENURE_DATA_DIR")

@@ -848,6 +848,171 @@ async fn deciding_rules_own_access_non_reviewers_closed_rounds_and_self_review()
     h.stop().await;
 }
 
+/// The rest of the bad input: ROLE_HOLDERS and GROUP_MEMBERS reviewers naming
+/// what does not exist, reviewers that may resolve to nobody without a fallback, bad
+/// updates (each refused naming the field, the definition unchanged), and bulk
+/// decisions outside a round or by a non-reviewer.
+#[tokio::test]
+async fn bad_reviewer_kinds_bad_updates_and_bulk_decisions_outside_a_round_are_refused() {
+    let h = Harness::start().await;
+    h.seed_users(&["kenneth", "ferry", "outsider"]).await;
+    h.assign(AssignmentType::Eligible, "ferry", GA, "/").await;
+    let try_create = |d: rv::ReviewDefinition| {
+        let h = &h;
+        async move {
+            h.reviews()
+                .create_review_definition(h.req(
+                    ADMIN,
+                    rv::CreateReviewDefinitionRequest {
+                        review_definition: Some(d),
+                        request_id: String::new(),
+                    },
+                ))
+                .await
+        }
+    };
+    let role_holders = |role: &str, scope: &str| rv::Reviewer {
+        kind: rv::ReviewerKind::RoleHolders.into(),
+        role_id: role.into(),
+        scope_id: scope.into(),
+        ..Default::default()
+    };
+    let with_fallback = |reviewers: Vec<rv::Reviewer>| {
+        let mut d = quarterly("R", &[GA], "/", reviewers, t0());
+        d.fallback_reviewers = vec![user("kenneth")];
+        d
+    };
+    // Unknown role, unknown scope of role holders; unknown group: NOT_FOUND.
+    assert_status(
+        try_create(with_fallback(vec![role_holders("no-such-role", "")])).await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    assert_status(
+        try_create(with_fallback(vec![role_holders(GA, "/subscriptions/nope")])).await,
+        Code::NotFound,
+        "/subscriptions/nope",
+    );
+    assert_status(
+        try_create(with_fallback(vec![rv::Reviewer {
+            kind: rv::ReviewerKind::GroupMembers.into(),
+            principal: Some(user("no-such-group")),
+            ..Default::default()
+        }]))
+        .await,
+        Code::NotFound,
+        "no-such-group",
+    );
+    // Role holders may resolve to nobody: a fallback is required.
+    assert_status(
+        try_create(quarterly("R", &[GA], "/", vec![role_holders(GA, "")], t0())).await,
+        Code::InvalidArgument,
+        "fallback_reviewers",
+    );
+    // The same refusals on update; the definition stays as it was. (Read once its
+    // first round has started: starting it changes the definition's version.)
+    let def = create(
+        &h,
+        quarterly("GA", &[GA], "/", vec![named("kenneth")], t0()),
+    )
+    .await;
+    let round = wait_round(&h, &def.id, rv::RoundStatus::InProgress).await;
+    let mut def = get_def(&h, &def.id).await;
+    def.etag.clear();
+    let mut bad = def.clone();
+    bad.schedule.as_mut().unwrap().duration_days = 91;
+    assert_status(
+        update(&h, bad, &["schedule"]).await,
+        Code::InvalidArgument,
+        "schedule.duration_days",
+    );
+    let mut bad = def.clone();
+    bad.stages[0].reviewers.clear();
+    assert_status(
+        update(&h, bad, &["stages"]).await,
+        Code::InvalidArgument,
+        "stages[0].reviewers",
+    );
+    let mut bad = def.clone();
+    bad.stages[0].reviewers = vec![named("nobody")];
+    assert_status(update(&h, bad, &["stages"]).await, Code::NotFound, "nobody");
+    let mut bad = def.clone();
+    bad.scope.as_mut().unwrap().role_ids = vec!["no-such-role".into()];
+    assert_status(
+        update(&h, bad, &["scope"]).await,
+        Code::NotFound,
+        "no-such-role",
+    );
+    let mut gone = def.clone();
+    gone.id = "no-such-definition".into();
+    assert_status(
+        update(&h, gone, &["display_name"]).await,
+        Code::NotFound,
+        "no-such-definition",
+    );
+    let mut now = get_def(&h, &def.id).await;
+    now.etag.clear();
+    assert_eq!(now, def, "refused updates change nothing");
+
+    // Bulk decisions: by a non-reviewer naming an item, PERMISSION_DENIED; once the
+    // round is over, FAILED_PRECONDITION.
+    let all = items(&h, ADMIN, &round.id).await;
+    let f = item_of(&all, "ferry").id.clone();
+    let bulk = |who: &'static str, item_ids: Vec<String>| {
+        let h = &h;
+        let round = round.id.clone();
+        async move {
+            h.reviews()
+                .accept_recommendations(h.req(
+                    who,
+                    rv::AcceptRecommendationsRequest {
+                        round_id: round,
+                        item_ids,
+                        ..Default::default()
+                    },
+                ))
+                .await
+        }
+    };
+    assert_status(
+        bulk("outsider", vec![f.clone()]).await,
+        Code::PermissionDenied,
+        "not a reviewer",
+    );
+    assert_status(
+        bulk("ferry", vec![f.clone()]).await,
+        Code::PermissionDenied,
+        "own access",
+    );
+    h.reviews()
+        .stop_review_round(h.req(
+            ADMIN,
+            rv::StopReviewRoundRequest {
+                id: round.id.clone(),
+                reason: "audit moved".into(),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_status(
+        bulk("kenneth", vec![]).await,
+        Code::FailedPrecondition,
+        "not in progress",
+    );
+    assert_status(
+        bulk("kenneth", vec![f.clone()]).await,
+        Code::FailedPrecondition,
+        "not in progress",
+    );
+    let after = items(&h, ADMIN, &round.id).await;
+    assert!(
+        after.iter().all(|i| i.decided_by.is_none()),
+        "nobody decided anything"
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn defaults_reminders_manual_apply_already_gone_and_group_members() {
     let h = Harness::start().await;
@@ -1056,10 +1221,10 @@ async fn two_stages_in_series_survive_a_restart_and_apply_both_stages_denials() 
         item_of(&all, "eve").id.clone(),
     );
     // Stage 1 is Kenneth's: Lisa cannot decide yet.
-    assert!(
-        decide(&h, "lisa", &f, rv::ReviewDecision::Deny, "x")
-            .await
-            .is_err()
+    assert_status(
+        decide(&h, "lisa", &f, rv::ReviewDecision::Deny, "x").await,
+        Code::PermissionDenied,
+        "not a reviewer of this item in its current stage",
     );
     decide(
         &h,
@@ -1096,10 +1261,10 @@ async fn two_stages_in_series_survive_a_restart_and_apply_both_stages_denials() 
             .ends_with("StageStarted"))
     );
     // Kenneth's turn is over; Lisa decides stage 2.
-    assert!(
-        decide(&h, "kenneth", &f, rv::ReviewDecision::Deny, "x")
-            .await
-            .is_err()
+    assert_status(
+        decide(&h, "kenneth", &f, rv::ReviewDecision::Deny, "x").await,
+        Code::PermissionDenied,
+        "not a reviewer of this item in its current stage",
     );
     decide(
         &h,

@@ -13,16 +13,15 @@
 //! producer never sends) makes it reconnect rather than skip.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use rand::Rng as _;
 use tenure_proto::EventEnvelope;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::error::ApiError;
 use crate::events::{EventLog, UnitOfWork, claim_cursor, load_cursor};
 
@@ -73,7 +72,7 @@ where
 
     /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         loop {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
@@ -82,18 +81,15 @@ where
             match outcome {
                 Ok(()) => {
                     tracing::info!(source = %self.name, "event stream ended; reconnecting");
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                 }
                 Err(e) => {
                     tracing::warn!(source = %self.name, error = %e, "event consumer interrupted; reconnecting");
                 }
             }
-            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 4);
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff + Duration::from_millis(jitter)) => {}
+            if !backoff.wait(&stop).await {
+                return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 

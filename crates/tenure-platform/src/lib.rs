@@ -3,6 +3,7 @@
 //! consumer.
 
 pub mod auth;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod consumer;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tenure_platform::backoff::Backoff;
 use tenure_platform::clock::{from_micros, to_micros};
 use tokio_util::sync::CancellationToken;
 
@@ -12,9 +13,19 @@ use crate::engine::Engine;
 
 /// Runs until `stop`.
 pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
+    let mut backoff = Backoff::default();
     loop {
-        if let Err(e) = engine.process_due().await {
-            tracing::warn!(error = %e, "reviews timer pass failed; retrying");
+        match engine.process_due().await {
+            Ok(()) => backoff.reset(),
+            Err(e) => {
+                // Due work that keeps failing (a peer or the database down) is retried
+                // with backoff, not at once in a loop.
+                tracing::warn!(error = %e, "reviews timer pass failed; retrying");
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+                continue;
+            }
         }
         let next = match engine.next_due().await {
             Ok(n) => n,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sqlx::Row as _;
 use tenure_platform::ApiResult;
+use tenure_platform::backoff::coalesce;
 use tenure_platform::clock::{from_micros, to_micros};
 use tenure_platform::events::NewEvent;
 use tenure_proto::assignments::v1 as pb;
@@ -44,14 +45,22 @@ pub async fn run(core: Arc<Core>, stop: CancellationToken) {
             Some(due) => {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = &mut woken => {}
+                    () = &mut woken => {
+                        if !coalesce(&stop).await {
+                            return;
+                        }
+                    }
                     () = core.clock.sleep_until(from_micros(due)) => {}
                 }
             }
             None => {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = &mut woken => {}
+                    () = &mut woken => {
+                        if !coalesce(&stop).await {
+                            return;
+                        }
+                    }
                 }
             }
         }

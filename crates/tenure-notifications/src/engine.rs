@@ -334,18 +334,26 @@ impl Engine {
     /// evaluates all marked kinds at once: a burst of events (a bulk load, a sync)
     /// costs one scan of the projections per pass, not one per event.
     pub async fn mark(&self, uow: &mut Uow, kinds: &[pb::AlertKind]) -> ApiResult<()> {
-        for k in kinds {
-            sqlx::query(
-                "INSERT INTO notifications_alert_dirty (kind, version) VALUES ($1, 1) \
-                 ON CONFLICT (kind) DO UPDATE SET version = notifications_alert_dirty.version + 1",
-            )
-            .bind(*k as i64)
-            .execute(&mut **uow.tx())
-            .await?;
+        let mut kinds: Vec<i64> = kinds.iter().map(|k| *k as i64).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        if kinds.is_empty() {
+            return Ok(());
         }
-        if !kinds.is_empty() {
-            self.alert_wake.notify_one();
+        // One statement for all of them (a row may be updated once per statement,
+        // hence the dedup above).
+        let values: Vec<String> = (1..=kinds.len()).map(|i| format!("(${i}, 1)")).collect();
+        let sql = format!(
+            "INSERT INTO notifications_alert_dirty (kind, version) VALUES {} \
+             ON CONFLICT (kind) DO UPDATE SET version = notifications_alert_dirty.version + 1",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for k in &kinds {
+            q = q.bind(*k);
         }
+        q.execute(&mut **uow.tx()).await?;
+        self.alert_wake.notify_one();
         Ok(())
     }
 
@@ -406,11 +414,14 @@ impl Engine {
         Ok(c)
     }
 
-    /// The active alert of a kind, with its incidents by key.
+    /// The active alert of a kind, with its incidents by key: all of them, or with
+    /// `only` those of these keys (an evaluation of one principal's use of one role
+    /// reads its few incidents, not every incident of the alert).
     async fn active_alert(
         &self,
         tx: &mut Tx,
         kind: pb::AlertKind,
+        only: Option<&BTreeSet<String>>,
     ) -> ApiResult<Option<(pb::Alert, BTreeMap<String, pb::AlertIncident>)>> {
         let row =
             sqlx::query("SELECT body FROM notifications_alerts WHERE kind = $1 AND status = $2")
@@ -422,6 +433,21 @@ impl Engine {
         let b: Vec<u8> = row.try_get("body")?;
         let alert: pb::Alert = decode(&b)?;
         let mut incidents = BTreeMap::new();
+        if let Some(keys) = only {
+            for key in keys {
+                let b: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT body FROM notifications_alert_incidents WHERE alert_id = $1 AND incident_key = $2",
+                )
+                .bind(&alert.id)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if let Some(b) = b {
+                    incidents.insert(key.clone(), decode(&b)?);
+                }
+            }
+            return Ok(Some((alert, incidents)));
+        }
         for r in sqlx::query(
             "SELECT incident_key, body FROM notifications_alert_incidents WHERE alert_id = $1",
         )
@@ -495,18 +521,16 @@ impl Engine {
             }
         }
         let nowp = to_proto(now);
-        let existing = self.active_alert(uow.tx(), kind).await?;
-        // Incidents the evaluation did not cover still stand.
-        let kept: BTreeSet<String> = match (&existing, only) {
-            (Some((_, stored)), Some(_)) => stored
-                .iter()
-                .filter(|(k, _)| !covered(k))
-                .map(|(k, inc)| {
-                    found.entry(k.clone()).or_insert_with(|| inc.clone());
-                    k.clone()
-                })
-                .collect(),
-            _ => BTreeSet::new(),
+        // With `only`, what was found and stored is about those keys alone; the
+        // incidents outside them still stand, and keep the alert active.
+        found.retain(|k, _| covered(k));
+        let existing = self.active_alert(uow.tx(), kind, only).await?;
+        let others = match (&existing, only) {
+            (Some((alert, stored)), Some(_)) => {
+                let all = self.incident_count(uow.tx(), &alert.id).await?;
+                all - i32::try_from(stored.len()).unwrap_or(i32::MAX)
+            }
+            _ => 0,
         };
         match existing {
             None if found.is_empty() => {}
@@ -552,7 +576,7 @@ impl Engine {
                 self.notify_alert(uow, &alert).await?;
                 counts.raised += 1;
             }
-            Some((mut alert, _)) if found.is_empty() => {
+            Some((mut alert, _)) if found.is_empty() && others <= 0 => {
                 alert.status = pb::AlertStatus::Resolved.into();
                 alert.close_time = Some(nowp);
                 alert.update_time = Some(nowp);
@@ -583,9 +607,6 @@ impl Engine {
                 }
                 let mut changed_detail = false;
                 for (key, mut inc) in found {
-                    if kept.contains(&key) {
-                        continue;
-                    }
                     match stored.get(&key) {
                         Some(old) => {
                             inc.id.clone_from(&old.id);

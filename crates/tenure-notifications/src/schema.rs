@@ -240,5 +240,12 @@ pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
             description: "review round reviewers; alert kinds waiting for evaluation".into(),
             sql: V2.into(),
         },
+        MigrationSpec::new(
+            MIGRATION_BASE + 300,
+            "one principal's assignments of one role, by index",
+            // An activation's alerts read that pair's assignments; by role alone that
+            // was every holder of the role.
+            "CREATE INDEX notifications_p_assignments_who ON notifications_p_assignments (principal_id, role_id);",
+        ),
     ]
 }

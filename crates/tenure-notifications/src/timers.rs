@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tenure_platform::backoff::coalesce;
 use tenure_platform::clock::{from_micros, to_micros};
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +46,16 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
         };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = &mut woken => {}
-            () = engine.log.wait_for(head + 1) => {}
+            () = &mut woken => {
+                if !coalesce(&stop).await {
+                    return;
+                }
+            }
+            () = engine.log.wait_for(head + 1) => {
+                if !coalesce(&stop).await {
+                    return;
+                }
+            }
             () = due => {}
             // a safety net for work another replica scheduled
             () = tokio::time::sleep(Duration::from_secs(30)) => {}

@@ -54,6 +54,20 @@ impl Backoff {
     }
 }
 
+/// How long a timer loop woken by a commit waits before it looks at what is due: the
+/// commits of a burst (a bulk load, a consumer catching up) then cost one look, not one
+/// each. A commit can only bring a due instant closer, and nothing Tenure schedules is
+/// due within this long of being written, so no timer fires later for it.
+pub const WAKE_COALESCE: Duration = Duration::from_millis(10);
+
+/// Waits [`WAKE_COALESCE`]; false when `stop` is cancelled first.
+pub async fn coalesce(stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(WAKE_COALESCE) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

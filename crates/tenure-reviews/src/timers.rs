@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tenure_platform::backoff::Backoff;
+use tenure_platform::backoff::{Backoff, coalesce};
 use tenure_platform::clock::{from_micros, to_micros};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,11 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
             Some(due) => {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = &mut woken => {}
+                    () = &mut woken => {
+                        if !coalesce(&stop).await {
+                            return;
+                        }
+                    }
                     () = engine.clock.sleep_until(from_micros(due)) => {}
                     // a safety net for due times another replica moved
                     () = tokio::time::sleep(Duration::from_secs(30)) => {}
@@ -50,7 +54,11 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
             None => {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = &mut woken => {}
+                    () = &mut woken => {
+                        if !coalesce(&stop).await {
+                            return;
+                        }
+                    }
                     () = tokio::time::sleep(Duration::from_secs(30)) => {}
                 }
             }

@@ -147,8 +147,12 @@ impl Db {
             .connect_with(opts.clone())
             .await
             .context("opening the SQLite database")?;
+        // Four readers per context: each SQLite connection is a thread of sqlx's, and a
+        // process serving all four contexts has four of these pools; a reader idle for a
+        // minute is closed.
         let read = AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
+            .idle_timeout(Duration::from_secs(60))
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |c, _| init(c))
             .connect_with(opts)

@@ -673,8 +673,13 @@ async fn story_5_a_restart_loses_nothing_and_the_activation_still_ends_on_time()
     let pending = activate(&ferry, &["billing-administrator"], &["--duration", "2h"]).await;
     assert_eq!(pending[0].0, "ITEM_OUTCOME_PENDING_APPROVAL");
     let (active, pending) = (active[0].1.clone(), pending[0].1.clone());
+    // The audit trail follows the streams: wait until it has the pending request.
     let before = admin
-        .json(&["audit", "query", "--principal", "ferry"])
+        .json_until(&["audit", "query", "--principal", "ferry"], |v| {
+            v["entries"]
+                .as_array()
+                .is_some_and(|es| es.iter().any(|e| e.to_string().contains(&pending)))
+        })
         .await;
 
     // The server stops (SIGTERM) and starts again on the same data and database.

@@ -84,10 +84,8 @@ pub async fn evaluate_marked(engine: Arc<Engine>, stop: CancellationToken) {
             Ok(_) => {
                 // Let marks gather: under a burst of events, one scan per 50 ms, or
                 // nine times the scan's own duration.
-                let pause = (started.elapsed() * 9).clamp(
-                    Duration::from_millis(50),
-                    Duration::from_secs(10),
-                );
+                let pause = (started.elapsed() * 9)
+                    .clamp(Duration::from_millis(50), Duration::from_secs(10));
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}

@@ -111,6 +111,11 @@ struct Args {
     /// How many events behind the catching-up subscriber starts.
     #[arg(long, default_value_t = 10_000)]
     catch_up: i64,
+    /// Audit workload: first grow the audit trail to at least this many entries through
+    /// the API (principals re-synced by UpsertPrincipals, 5,000 per call); 0 exports the
+    /// trail as the other workloads left it. The goal is set at 1000000. Smoke: 3,000.
+    #[arg(long, default_value_t = 0)]
+    audit_entries: i64,
     /// Do not pin the server (CPU 0) and the generator (CPU 1) with taskset.
     #[arg(long)]
     no_pin: bool,
@@ -140,6 +145,7 @@ impl Args {
         self.catch_up = 200;
         self.connections = 2;
         self.load_in_flight = 8;
+        self.audit_entries = 3_000;
     }
 }
 
@@ -478,6 +484,9 @@ async fn measure(
         workloads::streams(&c, &ds, &knobs, p, rep).await?;
     }
     if want("audit") {
+        if args.audit_entries > 0 {
+            workloads::grow_audit(&c, &ds, args.audit_entries, rep).await?;
+        }
         workloads::audit_export(&c, rep).await?;
     }
     Ok(ds)

@@ -1024,6 +1024,246 @@ pub async fn alerts(
     Ok(())
 }
 
+/// The newest audit entry: its trail sequence (the trail's size while retention keeps
+/// everything), source context and source event's sequence; None for an empty trail.
+/// Unfiltered, so it reads by the primary key whatever the trail's size.
+async fn newest_audited(c: &Conns) -> anyhow::Result<Option<(i64, String, i64)>> {
+    let r = c
+        .audit(0)
+        .query_audit(req(
+            ntf::QueryAuditRequest {
+                filter: None,
+                newest_first: true,
+                page_size: 1,
+                page_token: String::new(),
+            },
+            &c.admin,
+        ))
+        .await
+        .context("QueryAudit")?
+        .into_inner();
+    Ok(r.entries
+        .into_iter()
+        .next()
+        .map(|e| (e.sequence, e.source_context, e.source_sequence)))
+}
+
+/// The trail's size and the sequence of the newest assignments event audited. While
+/// the trail grows, its newest entry is an assignments one; only otherwise does it ask
+/// with a `source_contexts` filter (on SQLite that query reads every entry of the
+/// context, seconds at a million: see BENCHMARKS.md, workload 8).
+async fn audit_progress(c: &Conns) -> anyhow::Result<(i64, i64)> {
+    match newest_audited(c).await? {
+        None => Ok((0, 0)),
+        Some((trail, ctx, seq)) if ctx == "assignments" => Ok((trail, seq)),
+        Some((trail, _, _)) => {
+            let r = c
+                .audit(0)
+                .query_audit(req(
+                    ntf::QueryAuditRequest {
+                        filter: Some(ntf::AuditFilter {
+                            source_contexts: vec!["assignments".into()],
+                            ..Default::default()
+                        }),
+                        newest_first: true,
+                        page_size: 1,
+                        page_token: String::new(),
+                    },
+                    &c.admin,
+                ))
+                .await
+                .context("QueryAudit")?
+                .into_inner();
+            Ok((trail, r.entries.first().map_or(0, |e| e.source_sequence)))
+        }
+    }
+}
+
+/// Before workload 8, with `--audit-entries N`: grows the audit trail to at least `N`
+/// entries through the API only. A pool of up to 5,000 principals of its own
+/// ("aud000000"...) is upserted, then re-synced with a new display name, 5,000 per
+/// `UpsertPrincipals` call, one call at a time: every principal of a call yields one
+/// PrincipalSynced event (an upsert that changes nothing yields none), which the
+/// notifications context audits. Then it waits until the notifications context has
+/// audited every assignments event, and reports the rate at which it did.
+pub async fn grow_audit(
+    c: &Conns,
+    ds: &Dataset,
+    target: i64,
+    rep: &mut Report,
+) -> anyhow::Result<()> {
+    const PER_CALL: usize = 5_000;
+    let t0 = Instant::now();
+    let (trail0, _) = audit_progress(c).await?;
+    // Entries the trail will hold once the consumer has taken in what is already written.
+    let expected = || async {
+        let (trail, audited) = audit_progress(c).await?;
+        let head = head(c, ds).await?;
+        anyhow::Ok(trail + (head - audited).max(0))
+    };
+    let mut pool: Vec<String> = Vec::new();
+    let (mut calls, mut events, mut round) = (0u64, 0i64, 0u64);
+    let mut last_log = Instant::now();
+    loop {
+        let have = expected().await?;
+        if have >= target {
+            break;
+        }
+        let n = usize::try_from(target - have)
+            .unwrap_or(PER_CALL)
+            .clamp(1, PER_CALL);
+        while pool.len() < n {
+            pool.push(format!("aud{:06}", pool.len()));
+        }
+        round += 1;
+        let principals = pool[..n]
+            .iter()
+            .map(|id| asg::Principal {
+                id: id.clone(),
+                r#type: tenure_proto::common::v1::PrincipalType::User.into(),
+                display_name: format!("Audit {id} r{round}"),
+                user_principal_name: format!("{id}@bench.test"),
+                source: "tenure-bench".into(),
+                ..Default::default()
+            })
+            .collect();
+        let r = c
+            .principals(calls as usize)
+            .upsert_principals(req(
+                asg::UpsertPrincipalsRequest {
+                    principals,
+                    request_id: String::new(),
+                },
+                &c.admin,
+            ))
+            .await
+            .context("UpsertPrincipals (audit growth)")?
+            .into_inner();
+        calls += 1;
+        let changed = i64::from(r.created_count) + i64::from(r.updated_count);
+        if changed != n as i64 {
+            anyhow::bail!(
+                "audit growth: UpsertPrincipals of {n} changed {changed} (created {}, updated {}, unchanged {})",
+                r.created_count,
+                r.updated_count,
+                r.unchanged_count
+            );
+        }
+        events += changed;
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            last_log = Instant::now();
+            eprintln!(
+                "audit growth: {events} events written in {:.0} s, trail heading for {}",
+                t0.elapsed().as_secs_f64(),
+                have + changed
+            );
+        }
+    }
+    let written_s = t0.elapsed().as_secs_f64();
+    let (trail_written, _) = audit_progress(c).await?;
+    eprintln!(
+        "audit growth: {events} PrincipalSynced events in {calls} calls, {written_s:.1} s; trail at {trail_written}, waiting for the notifications context"
+    );
+
+    // Wait until every assignments event so far is audited; give up only when the
+    // consumer stops making progress.
+    let head_at = head(c, ds).await?;
+    let (mut at, mut progress_at, mut last) = (0i64, Instant::now(), -1i64);
+    let mut last_log = Instant::now();
+    while at < head_at {
+        // A slow answer (the server is busy auditing) is retried, not fatal: only no
+        // progress for 5 minutes is.
+        let (trail, audited) = match audit_progress(c).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("audit growth: {e:#}; asking again");
+                (last, at)
+            }
+        };
+        at = audited;
+        if trail != last {
+            last = trail;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!(
+                "audit growth: the notifications context audited nothing for 5 minutes (at {at} of {head_at} assignments events)"
+            );
+        }
+        if last_log.elapsed() >= Duration::from_secs(30) {
+            last_log = Instant::now();
+            eprintln!(
+                "audit growth: trail at {trail}, assignments events audited {at} of {head_at}, {:.0} s",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        if at < head_at {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let total_s = t0.elapsed().as_secs_f64();
+    let (trail1, _) = audit_progress(c).await?;
+    let rate = (trail1 - trail0) as f64 / total_s.max(1e-9);
+    let tail_s = total_s - written_s;
+    let tail_rate = (trail1 - trail_written) as f64 / tail_s.max(1e-9);
+    let write_rate = events as f64 / written_s.max(1e-9);
+    eprintln!(
+        "audit growth: trail {trail0} → {trail1} entries in {total_s:.1} s ({rate:.0} entries/s; {tail_rate:.0}/s after the writes ended)"
+    );
+    rep.rows.push(Row::plain(
+        "8 audit",
+        &format!(
+            "audit trail grown {trail0} → {trail1} by UpsertPrincipals of up to {PER_CALL}: writes"
+        ),
+        write_rate,
+        "events/s",
+        None,
+    ));
+    rep.rows.push(Row::plain(
+        "8 audit",
+        &format!(
+            "notifications consumer auditing them, from the first write to caught up ({total_s:.0} s)"
+        ),
+        rate,
+        "entries/s",
+        None,
+    ));
+    rep.rows.push(Row::plain(
+        "8 audit",
+        &format!(
+            "notifications consumer, backlog after the writes ended ({} entries, {tail_s:.0} s)",
+            trail1 - trail_written
+        ),
+        tail_rate,
+        "entries/s",
+        None,
+    ));
+    rep.details.insert(
+        "audit_growth".into(),
+        json!({
+            "target": target,
+            "trail_before": trail0,
+            "trail_after": trail1,
+            "principals_per_call": PER_CALL,
+            "pool": pool.len(),
+            "calls": calls,
+            "events_written": events,
+            "write_s": written_s,
+            "write_events_per_s": write_rate,
+            "trail_when_writes_ended": trail_written,
+            "total_s": total_s,
+            "consumer_entries_per_s": rate,
+            "backlog_s": tail_s,
+            "backlog_entries_per_s": tail_rate,
+        }),
+    );
+    if trail1 < target {
+        rep.failures.push(format!(
+            "audit growth: the trail holds {trail1} entries, fewer than the {target} asked for"
+        ));
+    }
+    Ok(())
+}
+
 /// Workload 8 (audit): ExportAudit of the whole trail as CSV, streamed; rows per
 /// second from the call to the last chunk (run after [`notifications_catch_up`], the
 /// trail holds every event of the run so far: loading alone audits one entry per
@@ -1042,10 +1282,10 @@ pub async fn audit_export(c: &Conns, rep: &mut Report) -> anyhow::Result<()> {
         while let Some(chunk) = s.next().await {
             let chunk = chunk.context("ExportAudit chunk")?;
             bytes += chunk.csv_chunk.len() as u64;
-            rows += chunk.csv_chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            // The server's count: a quoted field may hold a line break.
+            rows += u64::try_from(chunk.row_count).unwrap_or(0);
         }
         let secs = t.elapsed().as_secs_f64();
-        let rows = rows.saturating_sub(1); // the header
         eprintln!(
             "audit: exported {rows} rows ({:.1} MiB) in {secs:.2} s",
             bytes as f64 / 1_048_576.0
@@ -1056,12 +1296,18 @@ pub async fn audit_export(c: &Conns, rep: &mut Report) -> anyhow::Result<()> {
         }
     }
     let (rows, per_s) = best.unwrap_or_default();
+    // The goal is set at 1,000,000 entries (--audit-entries 1000000); a smaller trail
+    // says nothing about it.
+    let at_scale = rows >= 1_000_000;
     rep.rows.push(Row::plain(
         "8 audit",
-        &format!("ExportAudit CSV of {rows} entries, best of 3"),
+        &format!(
+            "ExportAudit CSV of {rows} entries, best of 3{}",
+            if at_scale { "" } else { " (goal is at 1M)" }
+        ),
         per_s,
         "rows/s",
-        Some(("≥ 100,000 rows/s (at 1M)".into(), per_s >= 100_000.0)),
+        at_scale.then(|| ("≥ 100,000 rows/s (at 1M)".into(), per_s >= 100_000.0)),
     ));
     rep.details.insert(
         "audit_export".into(),

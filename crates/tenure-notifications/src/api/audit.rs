@@ -424,20 +424,36 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 .map_err(|e| status(e.into()))?;
         let snapshot = snapshot.unwrap_or(0);
         let engine = self.engine.clone();
+        let w = Arc::new(w);
+        // The next page is read (on SQLite's thread) while this one is encoded.
+        let page_after = move |after: i64| {
+            let (engine, w) = (engine.clone(), w.clone());
+            tokio::spawn(async move {
+                fetch(
+                    &engine,
+                    &w,
+                    " AND sequence > ? AND sequence <= ?",
+                    &[after, snapshot],
+                    "ASC",
+                    5000,
+                )
+                .await
+            })
+        };
         let stream = async_stream::try_stream! {
             let mut writer = new_writer();
             writer.write_record(rules::CSV_HEADER).map_err(|e| ApiError::Internal(e.into()))?;
             let mut rows = 0i32;
-            let mut cursor = 0i64;
+            let mut next = page_after(0);
             loop {
-                let page = fetch(&engine, &w, " AND sequence > ? AND sequence <= ?", &[cursor, snapshot], "ASC", 5000).await?;
-                if page.is_empty() {
+                let page = next.await.map_err(|e| ApiError::Internal(e.into()))??;
+                let Some(last) = page.last().map(|e| e.sequence) else {
                     break;
-                }
+                };
+                next = page_after(last);
                 for e in &page {
                     writer.write_record(rules::csv_record(e)).map_err(|e| ApiError::Internal(e.into()))?;
                     rows += 1;
-                    cursor = e.sequence;
                     writer.flush().map_err(|e| ApiError::Internal(e.into()))?;
                     if writer.get_ref().len() >= CHUNK {
                         let full = std::mem::replace(&mut writer, new_writer());

@@ -2,11 +2,17 @@
 //! CheckAccess about them around their ends (open loop) and a subscriber of the
 //! assignments stream times each `InstanceExpired` from the activation's end.
 //!
-//! Activations last at least 5 minutes (the activation context's minimum), so in real
-//! time the workload asks for activations that *start* in the future, spread over the
-//! window, all of exactly 5 minutes: the server grants them, its timer provisions each
-//! at its start, and they end 5 minutes later, spread the same way. A run therefore
-//! takes the lead, plus 5 minutes, plus the window.
+//! Activations last at least 5 minutes (the activation context's minimum), so a run on
+//! the wall clock takes the lead, plus 5 minutes, plus the window. Two ways to spread
+//! the ends ([`Start`]):
+//! - `now` (the default): every activation starts in its ActivateRoles call (provisioned
+//!   before the reply, 64 calls in flight) with a duration that ends it at its planned
+//!   instant in the window, at least 5 minutes later. The requests are over long before
+//!   the ends, so the window measures expiry alone.
+//! - `scheduled`: every activation asks for a start in the future, spread over the
+//!   window, and lasts exactly 5 minutes: the server grants it and the activation
+//!   context's timer provisions it at its start. This measures that timer too; when it
+//!   provisions slower than the starts come, the provisioning runs into the ends.
 //!
 //! With `--expiry-clock dev` (the smoke mode's choice) the workload runs against a
 //! server started with `--dev-clock` instead: the harness moves that clock forward
@@ -44,14 +50,26 @@ pub const ACTIVATION_SECONDS: i64 = 5 * 60;
 /// The development clock's ticker period.
 const TICK: Duration = Duration::from_millis(5);
 
+/// How the workload spreads the activations' ends (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Start {
+    /// Each starts in its call; its duration sets its end.
+    Now,
+    /// Each starts at a scheduled instant in the window; all last 5 minutes.
+    Scheduled,
+}
+
 /// Sizes and rates of the expiry workload.
 #[derive(Debug, Clone)]
 pub struct Knobs {
+    /// How the ends are spread.
+    pub start: Start,
     /// Activations, each its own (principal, scope).
     pub activations: usize,
     /// The window their starts, and so their ends, are spread over.
     pub spread: Duration,
-    /// From the first request to the first start; `None`: 5 s plus 5 ms per activation.
+    /// From the first request to the first planned start (scheduled) or to 5 minutes
+    /// before the first planned end (now); `None`: 5 s plus 5 ms per activation.
     pub lead: Option<Duration>,
     /// CheckAccess rate of the checker (open loop), per second.
     pub check_rate: f64,
@@ -476,16 +494,25 @@ pub async fn expiry(
     let reconnects = Arc::new(AtomicU64::new(0));
     let sub = subscribe(c, clock, from, arrivals.clone(), reconnects.clone());
 
-    // Requests: item i starts at s0 + i·spread/n and lasts exactly 5 minutes.
+    // Requests. Scheduled: item i starts at s0 + i·spread/n and lasts exactly 5 minutes.
+    // Now: item i starts in its call and ends at s0 + 5 min + i·spread/n (or 5 minutes
+    // after the call, whichever is later).
     let lead = k
         .lead
         .unwrap_or_else(|| Duration::from_secs(5) + Duration::from_millis(5) * n as u32);
     let s0 = clock.now_us() + micros(lead);
     let spread = micros(k.spread);
     let planned_start = move |i: usize| s0 + spread * i as i64 / n as i64;
+    let min_us = ACTIVATION_SECONDS * 1_000_000;
     eprintln!(
-        "expiry: requesting, first start in {:.1} s",
-        lead.as_secs_f64()
+        "expiry: requesting ({:?}), first planned {} in {:.1} s",
+        k.start,
+        if k.start == Start::Now {
+            "end"
+        } else {
+            "start"
+        },
+        (lead.as_secs_f64() + if k.start == Start::Now { 300.0 } else { 0.0 })
     );
     let next = Arc::new(AtomicUsize::new(0));
     let first_error: Arc<Mutex<Option<String>>> = Arc::default();
@@ -495,7 +522,8 @@ pub async fn expiry(
     for w in 0..k.in_flight.max(1) {
         let (c, next, tokens, first_error) =
             (c.clone(), next.clone(), tokens.clone(), first_error.clone());
-        let (principals, scopes) = (principals.clone(), scopes.clone());
+        let (principals, scopes, clock, mode) =
+            (principals.clone(), scopes.clone(), clock.clone(), k.start);
         workers.push(tokio::spawn(async move {
             let mut done: Vec<Requested> = Vec::new();
             let mut hist = histogram();
@@ -511,6 +539,15 @@ pub async fn expiry(
                     done.push(Err("no token".into()));
                     continue;
                 };
+                // Scheduled: late when its start had passed (it starts at once). Now: late
+                // when the 5-minute minimum ends it after its planned end.
+                let (duration_us, start_time, clamped) = match mode {
+                    Start::Scheduled => (min_us, Some(to_ts(planned_start(i))), false),
+                    Start::Now => {
+                        let want = planned_start(i) + min_us - clock.now_us();
+                        (want.max(min_us), None, want < min_us)
+                    }
+                };
                 let t = Instant::now();
                 let r = client
                     .activate_roles(req(
@@ -519,10 +556,11 @@ pub async fn expiry(
                                 role_id: ACTIVATION_ROLE.into(),
                                 scope_id: scope.clone(),
                                 duration: Some(prost_types::Duration {
-                                    seconds: ACTIVATION_SECONDS,
-                                    nanos: 0,
+                                    seconds: duration_us / 1_000_000,
+                                    nanos: i32::try_from(duration_us % 1_000_000 * 1000)
+                                        .unwrap_or(0),
                                 }),
-                                start_time: Some(to_ts(planned_start(i))),
+                                start_time,
                                 ..Default::default()
                             }],
                             ..Default::default()
@@ -557,7 +595,12 @@ pub async fn expiry(
                                             start_us: end_micros(&s),
                                             end_us: end_micros(&e),
                                         },
-                                        outcome == act::ItemOutcome::Provisioned,
+                                        match mode {
+                                            Start::Scheduled => {
+                                                outcome == act::ItemOutcome::Provisioned
+                                            }
+                                            Start::Now => clamped,
+                                        },
                                     )),
                                     (o, _, _) => Err(format!("{o:?}")),
                                 }
@@ -592,8 +635,12 @@ pub async fn expiry(
         _ => None,
     };
     let req_lat = Latency::of(&req_hist);
+    let late_means = match k.start {
+        Start::Scheduled => "started late (at once)",
+        Start::Now => "end later than planned (5-minute minimum)",
+    };
     eprintln!(
-        "expiry: {} requests in {req_s:.1} s ({:.0}/s), {late} started late (provisioned at once), {} failed",
+        "expiry: {} requests in {req_s:.1} s ({:.0}/s), {late} {late_means}, {} failed",
         acts.len(),
         acts.len() as f64 / req_s.max(1e-9),
         req_errors.total()
@@ -783,7 +830,9 @@ pub async fn expiry(
         for x in acts.iter() {
             match a.expired.get(&x.request_id) {
                 Some(&(t, end)) => {
-                    if end != x.end_us {
+                    // The reply's end may carry nanoseconds; the stored instance (and so
+                    // its event and the access model) keeps microseconds.
+                    if (end - x.end_us).abs() > 1 {
                         end_mismatch += 1;
                     }
                     if t < x.end_us {
@@ -812,10 +861,29 @@ pub async fn expiry(
     } else {
         ""
     };
+    let (requests, started) = match k.start {
+        Start::Scheduled => (
+            "ActivateRoles with a future start (GRANTED)",
+            format!(
+                "scheduled start → InstanceActivated at subscriber p99 ({} of {} arrived; provisioned at {provisioned_per_s:.0}/s, due at {:.0}/s)",
+                prov.count,
+                acts.len(),
+                n as f64 / k.spread.as_secs_f64().max(1e-9),
+            ),
+        ),
+        Start::Now => (
+            "ActivateRoles provisioned in the call, durations set to the planned ends",
+            format!(
+                "start (in the call) → InstanceActivated at subscriber p99 ({} of {} arrived)",
+                prov.count,
+                acts.len(),
+            ),
+        ),
+    };
     rep.rows.push(Row::plain(
         "4 expiry",
         &format!(
-            "ActivateRoles with a future start (GRANTED), {} in flight ({n}; p99 {:.1} ms; {late} late){dev_note}",
+            "{requests}, {} in flight ({n}; p99 {:.1} ms; {late} {late_means}){dev_note}",
             k.in_flight, req_lat.p99_ms
         ),
         acts.len() as f64 / req_s.max(1e-9),
@@ -825,12 +893,8 @@ pub async fn expiry(
     rep.rows.push(Row::plain(
         "4 expiry",
         &format!(
-            "scheduled start → InstanceActivated at subscriber p99 ({} of {} arrived, {provisioned_per_s:.0}/s, due at {:.0}/s; p50 {:.1} / max {:.1} ms){dev_note}",
-            prov.count,
-            acts.len(),
-            n as f64 / k.spread.as_secs_f64().max(1e-9),
-            prov.p50_ms,
-            prov.max_ms
+            "{started} [p50 {:.1} / max {:.1} ms]{dev_note}",
+            prov.p50_ms, prov.max_ms
         ),
         prov.p99_ms,
         "ms",
@@ -873,6 +937,7 @@ pub async fn expiry(
         "expiry".into(),
         json!({
             "clock": clock_name,
+            "start": format!("{:?}", k.start),
             "activations": n,
             "granted": acts.len(),
             "principals": p,
@@ -886,7 +951,8 @@ pub async fn expiry(
                 "seconds": req_s,
                 "per_s": acts.len() as f64 / req_s.max(1e-9),
                 "latency": req_lat,
-                "late_provisioned_at_once": late,
+                "late": late,
+                "late_means": late_means,
                 "errors": req_errors.0,
                 "server_cpu_us_per_request": req_cpu,
             },

@@ -138,6 +138,12 @@ struct Args {
     /// Expiry: CheckAccess rate of the checker around the ends (open loop), per second.
     #[arg(long, default_value_t = 2_000.0)]
     expiry_check_rate: f64,
+    /// Expiry: how the ends are spread: each activation starting in its call with a
+    /// duration that ends it at its planned instant (now), or each starting at a
+    /// scheduled instant in the window, provisioned by the activation context's timer,
+    /// and lasting 5 minutes (scheduled).
+    #[arg(long, value_enum, default_value_t = expiry::Start::Now)]
+    expiry_start: expiry::Start,
     /// Expiry: the clock it runs on.
     #[arg(long, value_enum, default_value_t = ExpiryClock::Wall)]
     expiry_clock: ExpiryClock,
@@ -184,6 +190,7 @@ impl Args {
 
     fn expiry_knobs(&self) -> expiry::Knobs {
         expiry::Knobs {
+            start: self.expiry_start,
             activations: self.expiry_activations,
             spread: Duration::from_secs_f64(self.expiry_spread.max(0.0)),
             lead: self

@@ -313,3 +313,57 @@ async fn removing_an_eligibility_ends_its_activations() {
     assert!(!h.allowed("ferry", BILLING, "/").await);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_ends_expires_in_batches_each_exactly_once() {
+    use tenure_assignments::expiry::{BATCH, Pass, process_due};
+    let h = Harness::start().await;
+    // Two and a half batches of activations ending at the same instant, and one later.
+    let n = 2 * BATCH + BATCH / 2;
+    let users: Vec<String> = (0..=n).map(|i| format!("u{i:04}")).collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    h.seed_users(&refs).await;
+    for (i, u) in users.iter().enumerate() {
+        let e = h.assign(AssignmentType::Eligible, u, BILLING, "/").await;
+        let hours = if i == n { 3 } else { 2 };
+        h.provisioning()
+            .provision_activation(h.req(
+                SYSTEM,
+                provision(&h, &format!("burst-{i}"), &e.id, u, hours),
+            ))
+            .await
+            .unwrap();
+    }
+    let end = h.clock.now() + TimeDelta::hours(2);
+    let head = h.core().log.head();
+    // As of the common end, while the clock (and so the timer) is still before it.
+    let pass = process_due(&h.core(), end).await.unwrap();
+    assert_eq!(
+        pass,
+        Pass {
+            expired: n,
+            units: n.div_ceil(BATCH)
+        },
+        "one unit of work per batch"
+    );
+    assert_eq!(
+        process_due(&h.core(), end).await.unwrap(),
+        Pass::default(),
+        "nothing is expired twice"
+    );
+    let mut ids: Vec<String> = h
+        .events_after(head)
+        .await
+        .into_iter()
+        .filter(|e| e.meta.as_ref().unwrap().r#type.ends_with("InstanceExpired"))
+        .map(|e| e.meta.unwrap().correlation_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "each ended activation has its event once");
+    assert!(
+        !ids.contains(&format!("burst-{n}")),
+        "the one ending later is not expired"
+    );
+    h.stop().await;
+}

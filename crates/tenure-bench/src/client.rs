@@ -114,6 +114,13 @@ impl Conns {
         ntf::audit_service_client::AuditServiceClient::new(self.ch(i))
             .max_decoding_message_size(64 << 20)
     }
+    /// Development clock client on connection `i` (servers started with `--dev-clock`).
+    pub fn dev_clock(
+        &self,
+        i: usize,
+    ) -> dev::dev_clock_service_client::DevClockServiceClient<Channel> {
+        dev::dev_clock_service_client::DevClockServiceClient::new(self.ch(i))
+    }
     /// Health client on connection `i`.
     pub fn health(&self, i: usize) -> tonic_health::pb::health_client::HealthClient<Channel> {
         tonic_health::pb::health_client::HealthClient::new(self.ch(i))

@@ -343,29 +343,7 @@ pub async fn load(
 
     // Activation: approval-free, no MFA, no justification; each activator eligible at "/".
     let t = Instant::now();
-    c.settings(0)
-        .update_role_settings(req(
-            asg::UpdateRoleSettingsRequest {
-                role_settings: Some(asg::RoleSettings {
-                    role_id: ACTIVATION_ROLE.into(),
-                    activation: Some(asg::ActivationSettings {
-                        require_mfa: Some(false),
-                        require_approval: Some(false),
-                        require_justification: Some(false),
-                        require_ticket: Some(false),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["activation".into()],
-                }),
-                request_id: String::new(),
-            },
-            &c.admin,
-        ))
-        .await
-        .context("UpdateRoleSettings")?;
+    approval_free_activation(c).await?;
     for chunk in activators.chunks(32) {
         let futs = chunk.iter().enumerate().map(|(i, a)| {
             let mut client = c.assignments(i);
@@ -399,4 +377,33 @@ pub async fn load(
         },
         rep,
     ))
+}
+
+/// Role settings for [`ACTIVATION_ROLE`]: activation without MFA, approval, justification
+/// or ticket (the activation and expiry workloads time the system, not a person).
+pub async fn approval_free_activation(c: &Conns) -> anyhow::Result<()> {
+    c.settings(0)
+        .update_role_settings(req(
+            asg::UpdateRoleSettingsRequest {
+                role_settings: Some(asg::RoleSettings {
+                    role_id: ACTIVATION_ROLE.into(),
+                    activation: Some(asg::ActivationSettings {
+                        require_mfa: Some(false),
+                        require_approval: Some(false),
+                        require_justification: Some(false),
+                        require_ticket: Some(false),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["activation".into()],
+                }),
+                request_id: String::new(),
+            },
+            &c.admin,
+        ))
+        .await
+        .context("UpdateRoleSettings")?;
+    Ok(())
 }

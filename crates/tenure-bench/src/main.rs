@@ -12,6 +12,7 @@
 
 mod client;
 mod data;
+mod expiry;
 mod loadgen;
 mod report;
 mod server;
@@ -26,6 +27,20 @@ use serde_json::json;
 
 /// The bootstrap administrator the harness starts servers with.
 pub const ADMIN: &str = "admin";
+
+/// The workloads run when `--workloads` is not given (`--smoke` adds `expiry`).
+const DEFAULT_WORKLOADS: &str =
+    "access,overload,activation,throughput,streams,alerts,audit,restart";
+
+/// The clock the expiry workload runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExpiryClock {
+    /// Real time on the server under test: activations last their 5 minutes.
+    Wall,
+    /// A second server started with `--dev-clock`, whose clock the harness moves with
+    /// real time and jumps over the 5 minutes.
+    Dev,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -57,12 +72,10 @@ struct Args {
     /// Workloads to run, comma-separated: access, overload (CheckAccess at 3x its
     /// saturation; runs access first), activation, throughput, streams, alerts
     /// (activation → alert stream), audit (CSV export), restart (cold start and memory;
-    /// only when the harness starts the server).
-    #[arg(
-        long,
-        default_value = "access,overload,activation,throughput,streams,alerts,audit,restart"
-    )]
-    workloads: String,
+    /// only when the harness starts the server), expiry (workload 4; opt-in: about
+    /// 7 minutes on the wall clock). Default: all but expiry (with --smoke: all).
+    #[arg(long)]
+    workloads: Option<String>,
     /// Principals of the access data set (one in ten is a group).
     #[arg(long, default_value_t = 10_000)]
     principals: usize,
@@ -116,6 +129,29 @@ struct Args {
     /// trail as the other workloads left it. The goal is set at 1000000. Smoke: 3,000.
     #[arg(long, default_value_t = 0)]
     audit_entries: i64,
+    /// Expiry: activations (each its own principal and scope), all of 5 minutes.
+    #[arg(long, default_value_t = 10_000)]
+    expiry_activations: usize,
+    /// Expiry: the window the activations' starts, and so their ends, are spread over,
+    /// seconds.
+    #[arg(long, default_value_t = 60.0)]
+    expiry_spread: f64,
+    /// Expiry: seconds from the first request to the first start (default: 5 s plus
+    /// 5 ms per activation, so the requests are all made before the starts come).
+    #[arg(long)]
+    expiry_lead: Option<f64>,
+    /// Expiry: CheckAccess rate of the checker around the ends (open loop), per second.
+    #[arg(long, default_value_t = 2_000.0)]
+    expiry_check_rate: f64,
+    /// Expiry: how the ends are spread: each activation starting in its call with a
+    /// duration that ends it at its planned instant (now), or each starting at a
+    /// scheduled instant in the window, provisioned by the activation context's timer,
+    /// and lasting 5 minutes (scheduled).
+    #[arg(long, value_enum, default_value_t = expiry::Start::Now)]
+    expiry_start: expiry::Start,
+    /// Expiry: the clock it runs on.
+    #[arg(long, value_enum, default_value_t = ExpiryClock::Wall)]
+    expiry_clock: ExpiryClock,
     /// Do not pin the server (CPU 0) and the generator (CPU 1) with taskset.
     #[arg(long)]
     no_pin: bool,
@@ -146,6 +182,29 @@ impl Args {
         self.connections = 2;
         self.load_in_flight = 8;
         self.audit_entries = 3_000;
+        self.expiry_activations = 8;
+        self.expiry_spread = 1.0;
+        // Over 2 s: the activation context provisions a future start no sooner than 2 s
+        // after the request.
+        self.expiry_lead = Some(2.5);
+        self.expiry_check_rate = 200.0;
+        self.expiry_clock = ExpiryClock::Dev;
+        if self.workloads.is_none() {
+            self.workloads = Some(format!("{DEFAULT_WORKLOADS},expiry"));
+        }
+    }
+
+    fn expiry_knobs(&self) -> expiry::Knobs {
+        expiry::Knobs {
+            start: self.expiry_start,
+            activations: self.expiry_activations,
+            spread: Duration::from_secs_f64(self.expiry_spread.max(0.0)),
+            lead: self
+                .expiry_lead
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
+            check_rate: self.expiry_check_rate,
+            in_flight: self.activation_concurrency,
+        }
     }
 }
 
@@ -208,7 +267,13 @@ fn machine() -> serde_json::Value {
 }
 
 async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
-    let wanted: Vec<&str> = args.workloads.split(',').map(str::trim).collect();
+    let wanted: Vec<&str> = args
+        .workloads
+        .as_deref()
+        .unwrap_or(DEFAULT_WORKLOADS)
+        .split(',')
+        .map(str::trim)
+        .collect();
     let want = |w: &str| wanted.contains(&w);
     let mut rep = report::Report::default();
     // The real date of the measurement (the harness runs on the wall clock).
@@ -242,6 +307,7 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
         bin: args.tenure_bin.clone(),
         database_url: fresh_db.as_ref().map(|d| d.url.clone()),
         pin: pin.then(|| "0".to_owned()),
+        dev_clock: false,
     };
     let dir = tempfile::Builder::new().prefix("tenure-bench-").tempdir()?;
     let mut owned = None;
@@ -264,6 +330,16 @@ async fn run(args: Args, pin: bool) -> anyhow::Result<bool> {
         }
     };
     let result = measure(&args, &want, addr, proc, &mut rep).await;
+
+    // Expiry on a development clock: a server of its own, so no other workload runs on
+    // a clock the harness moves.
+    if result.is_ok()
+        && want("expiry")
+        && args.expiry_clock == ExpiryClock::Dev
+        && let Err(e) = expiry_on_dev_clock(&args, &launch, &mut rep).await
+    {
+        rep.failures.push(format!("expiry: {e:#}"));
+    }
 
     // Cold start: the same data directory and database, a new process.
     if let (Ok(ds), Some(s), true) = (&result, owned.take(), want("restart")) {
@@ -489,5 +565,67 @@ async fn measure(
         }
         workloads::audit_export(&c, rep).await?;
     }
+    // Last: it takes minutes.
+    if want("expiry") && args.expiry_clock == ExpiryClock::Wall {
+        expiry::expiry(&c, &expiry::BenchClock::Wall, &args.expiry_knobs(), p, rep).await?;
+    }
     Ok(ds)
+}
+
+/// Runs the expiry workload against a fresh server started with `--dev-clock` (and, on
+/// PostgreSQL, a fresh database of its own).
+async fn expiry_on_dev_clock(
+    args: &Args,
+    launch: &server::Launch,
+    rep: &mut report::Report,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.addr.is_none(),
+        "--expiry-clock dev starts a server of its own; with --addr use --expiry-clock wall"
+    );
+    let db = match &args.database_url {
+        Some(url) => Some(server::FreshDb::create(url).await?),
+        None => None,
+    };
+    let launch = server::Launch {
+        database_url: db.as_ref().map(|d| d.url.clone()),
+        dev_clock: true,
+        ..launch.clone()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("tenure-bench-expiry-")
+        .tempdir()?;
+    let s = server::Server::start(&launch, dir.path()).await?;
+    eprintln!(
+        "expiry: development-clock server {} (pid {}), log {}",
+        s.addr,
+        s.proc.pid,
+        s.log().display()
+    );
+    let run = async {
+        let c = client::Conns::open(s.addr, args.connections).await?;
+        let ticker = expiry::DevTicker::start(&c).await?;
+        let r = expiry::expiry(
+            &c,
+            &expiry::BenchClock::Dev(ticker.clone()),
+            &args.expiry_knobs(),
+            Some(&s.proc),
+            rep,
+        )
+        .await;
+        ticker.stop();
+        r
+    }
+    .await;
+    if let Err(e) = s.stop().await {
+        rep.notes.push(format!("expiry server: {e}"));
+    }
+    if let Some(db) = db {
+        if args.keep_db {
+            eprintln!("kept database {}", db.url);
+        } else {
+            db.drop_db().await?;
+        }
+    }
+    run
 }

@@ -87,6 +87,8 @@ pub struct Launch {
     pub database_url: Option<String>,
     /// CPUs to pin the server to (`taskset -c`), if any.
     pub pin: Option<String>,
+    /// Start it with `--dev-clock` (time stands still until AdvanceClock moves it).
+    pub dev_clock: bool,
 }
 
 /// A `tenure serve` child process.
@@ -123,6 +125,7 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            .args(launch.dev_clock.then_some("--dev-clock"))
             .env("TENURE_AUTH__BOOTSTRAP_PRINCIPAL", crate::ADMIN)
             // The data set is loaded by one administrator as fast as the server takes
             // it; the per-principal mutation limit would turn that into a wait.
@@ -258,12 +261,15 @@ impl FreshDb {
         } else {
             with_db("postgres")
         };
-        // The wall clock names the database: the harness measures real time.
+        // The wall clock names the database: the harness measures real time. A run may
+        // create more than one (the expiry workload's development-clock server).
+        static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         #[allow(clippy::disallowed_methods)]
         let name = format!(
-            "tenure_bench_{}_{}",
+            "tenure_bench_{}_{}_{}",
             std::process::id(),
-            chrono::Utc::now().format("%Y%m%d%H%M%S")
+            chrono::Utc::now().format("%Y%m%d%H%M%S"),
+            CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let mut c = sqlx::PgConnection::connect(&admin_url)
             .await

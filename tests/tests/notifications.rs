@@ -1859,6 +1859,22 @@ async fn audit_entries_older_than_the_retention_are_pruned_on_a_timer() {
         .await
         .unwrap();
     assert_eq!(oldest(&h).await, before, "nothing is old yet");
+    // This context audits its own events too, just after they commit: wait until the
+    // retention change (its latest) is audited, so every first-day entry exists before
+    // the clock moves and the timer prunes.
+    let mut caught_up = false;
+    for _ in 0..1000 {
+        if all_audit(&h)
+            .await
+            .iter()
+            .any(|e| e.action == "AuditRetentionChanged")
+        {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(caught_up, "the retention change is audited");
 
     // 31 days on, with no change to the retention: the timer prunes.
     h.clock.set(t0() + TimeDelta::days(31));

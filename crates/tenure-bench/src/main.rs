@@ -8,6 +8,7 @@
 //!   cargo build --release -p tenure-server -p tenure-bench
 //!   target/release/tenure-bench                      # SQLite, every default workload
 //!   target/release/tenure-bench --database-url postgres://postgres@127.0.0.1:5432/postgres
+//!   target/release/tenure-bench --workloads expiry --principals 2000 --assignments 2000   # workload 4, ~7 min
 //!   target/release/tenure-bench --smoke --tenure-bin target/debug/tenure   # CI
 
 mod client;

@@ -6,12 +6,11 @@
 //! at once. The access query never depends on this: it compares end times itself.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use tenure_platform::ApiResult;
-use tenure_platform::backoff::coalesce;
+use tenure_platform::backoff::{Backoff, coalesce};
 use tenure_platform::clock::{from_micros, to_micros};
 use tenure_platform::events::{NewEvent, UnitOfWork};
 use tenure_proto::assignments::v1 as pb;
@@ -22,15 +21,16 @@ use crate::store;
 
 /// Runs the expiry timer until `stop`.
 pub async fn run(core: Arc<Core>, stop: CancellationToken) {
+    let mut backoff = Backoff::default();
     loop {
         if let Err(e) = process_due(&core, core.clock.now()).await {
             tracing::warn!(error = %e, "expiry processing failed; retrying");
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            if !backoff.wait(&stop).await {
+                return;
             }
             continue;
         }
+        backoff.reset();
         let next = match next_due(&core).await {
             Ok(n) => n,
             Err(e) => {

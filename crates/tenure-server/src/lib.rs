@@ -88,21 +88,23 @@ impl App {
         }
         let served = config.context_list()?;
         // One pool for all contexts on PostgreSQL; a file (and writer) each on SQLite.
-        let mut dbs: Vec<(&'static str, Db)> = Vec::new();
+        // `dbs` holds each distinct database once; a context finds its own by URL.
+        let mut dbs: Vec<Db> = Vec::new();
         for ctx in &served {
             let url = config.database_url_for(ctx);
-            let db = match dbs.iter().find(|(_, d)| d.url() == url) {
-                Some((_, d)) => d.clone(),
-                None => Db::connect(&url)
-                    .await
-                    .with_context(|| format!("opening the {ctx} database"))?,
-            };
-            dbs.push((ctx, db));
+            if !dbs.iter().any(|d| d.url() == url) {
+                dbs.push(
+                    Db::connect(&url)
+                        .await
+                        .with_context(|| format!("opening the {ctx} database"))?,
+                );
+            }
         }
         let db_for = |ctx: &str| -> anyhow::Result<Db> {
+            let url = config.database_url_for(ctx);
             dbs.iter()
-                .find(|(c, _)| *c == ctx)
-                .map(|(_, d)| d.clone())
+                .find(|d| d.url() == url)
+                .cloned()
                 .ok_or_else(|| anyhow::anyhow!("no database opened for {ctx}"))
         };
 
@@ -247,15 +249,9 @@ impl App {
                 .await?,
             );
         }
-        let mut distinct: Vec<Db> = Vec::new();
-        for (_, d) in dbs {
-            if !distinct.iter().any(|x| x.url() == d.url()) {
-                distinct.push(d);
-            }
-        }
         Ok(Self {
             config,
-            dbs: distinct,
+            dbs,
             contexts,
             dev_issuer,
             auth: Authenticator::new(verifiers),

@@ -392,3 +392,169 @@ async fn a_provisioning_refused_by_the_assignments_context_ends_failed_with_its_
     assert!(!h.allowed("ferry", BILLING, "/").await);
     h.stop().await;
 }
+
+/// The RequestProvisioned events of the activation log, by request id.
+async fn provisioned_events(h: &Harness) -> std::collections::HashMap<String, Vec<act::Event>> {
+    let engine = h.contexts.activation.as_ref().unwrap().engine.clone();
+    let mut by_request: std::collections::HashMap<String, Vec<act::Event>> =
+        std::collections::HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = engine.log.read_after(after, 10_000).await.unwrap();
+        let Some(last) = page.last() else {
+            return by_request;
+        };
+        after = last.meta.as_ref().unwrap().sequence;
+        for e in page {
+            if let Some(act::event::Payload::RequestProvisioned(p)) = &e.payload {
+                let id = p.request.as_ref().unwrap().id.clone();
+                by_request.entry(id).or_default().push(e);
+            }
+        }
+    }
+}
+
+/// Waits (bounded by real time, polling) until `ids` are all PROVISIONED; returns how
+/// long it took.
+async fn wait_all_provisioned(h: &Harness, ids: &[String]) -> std::time::Duration {
+    let engine = h.contexts.activation.as_ref().unwrap().engine.clone();
+    let began = std::time::Instant::now();
+    let mut done = 0;
+    while began.elapsed() < std::time::Duration::from_secs(120) {
+        done = 0;
+        for id in ids {
+            let s = tenure_activation::store::get(&engine.db, id)
+                .await
+                .unwrap()
+                .unwrap();
+            if s.request.status() == act::RequestStatus::Provisioned {
+                done += 1;
+            }
+        }
+        if done == ids.len() {
+            return began.elapsed();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "only {done} of {} requests were provisioned within 120 s",
+        ids.len()
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_scheduled_starts_at_one_instant_are_each_provisioned_once_at_their_start() {
+    use futures::StreamExt as _;
+    const FIRST: usize = 200;
+    const SECOND: usize = 50;
+    // Many principals each activate once; the per-principal rate limit is not the
+    // subject here (the administrator makes 250 assignments).
+    let h = Harness::start_with(|c| c.limits.mutations_per_principal_per_sec = 0).await;
+    let people: Vec<String> = (0..FIRST + SECOND).map(|i| format!("p{i:03}")).collect();
+    let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+    h.seed_users(&refs).await;
+    futures::stream::iter(&people)
+        .for_each_concurrent(8, |p| {
+            let h = &h;
+            async move {
+                h.assign(AssignmentType::Eligible, p, BILLING, "/").await;
+            }
+        })
+        .await;
+    h.set_activation(
+        BILLING,
+        asg::ActivationSettings {
+            require_mfa: Some(false),
+            ..Default::default()
+        },
+    )
+    .await;
+    let start = h.clock.now() + TimeDelta::hours(1);
+    let later = start + TimeDelta::seconds(1);
+    let requests: Vec<(String, act::Request)> = futures::stream::iter(people.iter().enumerate())
+        .map(|(n, p)| {
+            let h = &h;
+            async move {
+                let mut i = item(BILLING);
+                i.start_time = Some(to_proto(if n < FIRST { start } else { later }));
+                (p.clone(), ask(h, p, i).await)
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    for (p, r) in &requests {
+        assert_eq!(r.status(), act::RequestStatus::Granted, "{p}: {r:?}");
+    }
+    let (first, second) = requests.split_at(FIRST);
+    let first_ids: Vec<String> = first.iter().map(|(_, r)| r.id.clone()).collect();
+    let second_ids: Vec<String> = second.iter().map(|(_, r)| r.id.clone()).collect();
+
+    // The first group's start comes: all 200 are provisioned.
+    h.clock.set(start);
+    let took = wait_all_provisioned(&h, &first_ids).await;
+    eprintln!(
+        "{FIRST} scheduled starts provisioned in {took:?} of real time (backend: {})",
+        if std::env::var("TENURE_TEST_DATABASE_URL").is_ok() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+    for (p, _) in first {
+        assert!(h.allowed(p, BILLING, "/").await, "{p} holds the role");
+    }
+    // The second group, a second later, not yet.
+    let engine = h.contexts.activation.as_ref().unwrap().engine.clone();
+    for (p, r) in second {
+        let s = tenure_activation::store::get(&engine.db, &r.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.request.status(), act::RequestStatus::Granted, "{p}");
+        assert!(!h.allowed(p, BILLING, "/").await, "{p} before its start");
+    }
+    h.clock.set(later);
+    wait_all_provisioned(&h, &second_ids).await;
+    for (p, _) in second {
+        assert!(h.allowed(p, BILLING, "/").await, "{p} holds the role");
+    }
+
+    // Each request was provisioned exactly once, at (not before) its start.
+    let events = provisioned_events(&h).await;
+    assert_eq!(events.len(), FIRST + SECOND);
+    for (n, (p, r)) in requests.iter().enumerate() {
+        let due = if n < FIRST { start } else { later };
+        let evs = events.get(&r.id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(evs.len(), 1, "{p}: one RequestProvisioned, got {evs:?}");
+        let at = evs[0].meta.as_ref().unwrap().occurred_at.as_ref().unwrap();
+        assert!(
+            tenure_platform::clock::from_proto(at).unwrap() >= due,
+            "{p} provisioned at {at:?}, before its start {due}"
+        );
+    }
+    // and the assignments context made one instance each, starting at the start.
+    let mut instances: std::collections::HashMap<String, Vec<asg::Instance>> =
+        std::collections::HashMap::new();
+    for e in h.events_after(0).await {
+        if let Some(asg::event::Payload::InstanceActivated(a)) = e.payload {
+            let i = a.instance.unwrap();
+            instances.entry(i.request_id.clone()).or_default().push(i);
+        }
+    }
+    assert_eq!(instances.len(), FIRST + SECOND);
+    for (n, (p, r)) in requests.iter().enumerate() {
+        let due = if n < FIRST { start } else { later };
+        let is = instances.get(&r.id).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(is.len(), 1, "{p}: one instance, got {is:?}");
+        assert_eq!(
+            is[0]
+                .start_time
+                .as_ref()
+                .and_then(tenure_platform::clock::from_proto),
+            Some(due),
+            "{p}"
+        );
+    }
+    h.stop().await;
+}

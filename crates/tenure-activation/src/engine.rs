@@ -32,6 +32,9 @@ pub const MAX_ITEMS: usize = 20;
 pub const MAX_ATTEMPTS: i64 = 5;
 /// Default approval timeout.
 pub const DEFAULT_TIMEOUT: TimeDelta = TimeDelta::hours(24);
+/// How long after granting a request that may start at once the timer provisions it,
+/// if the granting call did not (it failed, or the process stopped in between).
+pub const GRANT_FALLBACK: TimeDelta = TimeDelta::seconds(2);
 
 /// The activation context's engine.
 pub struct Engine {
@@ -775,11 +778,18 @@ pub fn due_at(r: &pb::Request, now: DateTime<Utc>) -> Option<i64> {
             }
         }
         pb::RequestStatus::Granted => {
-            // A scheduled start fires at the start. A request that may start now is
-            // provisioned by the call that granted it; the timer is only its fallback.
+            // A start still ahead when the request last changed fires exactly at the
+            // start: nobody else provisions it. A request that could start when it
+            // changed is provisioned by the call that granted it (`activate`,
+            // `decide`); the timer is only its fallback, [`GRANT_FALLBACK`] later, so
+            // it does not race that call.
             let start = r.start_time.as_ref().and_then(from_proto)?;
             let changed = r.update_time.as_ref().and_then(from_proto).unwrap_or(now);
-            Some(to_micros(start.max(changed + TimeDelta::seconds(2))))
+            Some(to_micros(if start > changed {
+                start
+            } else {
+                changed + GRANT_FALLBACK
+            }))
         }
         _ => None,
     }
@@ -791,4 +801,70 @@ pub type StageMap = BTreeMap<i32, Vec<String>>;
 /// How long to wait before provisioning attempt `n` (1-based).
 pub fn backoff(n: i64) -> Duration {
     Duration::from_millis(200u64.saturating_mul(1 << n.clamp(0, 6)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn granted(start: DateTime<Utc>, changed: DateTime<Utc>) -> pb::Request {
+        pb::Request {
+            status: pb::RequestStatus::Granted.into(),
+            start_time: Some(to_proto(start)),
+            update_time: Some(to_proto(changed)),
+            ..Default::default()
+        }
+    }
+
+    fn t(secs: i64, micros: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_893_456_000 + secs, 0).unwrap_or_default()
+            + TimeDelta::microseconds(micros)
+    }
+
+    #[test]
+    fn a_future_start_is_due_exactly_at_the_start_even_within_the_fallback_slack() {
+        let changed = t(0, 0);
+        for start in [
+            t(0, 1),
+            t(1, 0),
+            t(1, 999_999),
+            t(2, 0),
+            t(3, 0),
+            t(3_600, 0),
+        ] {
+            assert_eq!(
+                due_at(&granted(start, changed), changed),
+                Some(to_micros(start)),
+                "start {start} after a change at {changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_start_that_had_come_when_granted_falls_back_after_the_slack() {
+        let changed = t(10, 0);
+        // Starting at the grant itself, or earlier (a start "now" within the skew, or an
+        // approval that came after the scheduled start): the granting call provisions;
+        // the timer only falls back.
+        for start in [t(10, 0), t(9, 999_999), t(-300, 0)] {
+            assert_eq!(
+                due_at(&granted(start, changed), changed),
+                Some(to_micros(changed + GRANT_FALLBACK)),
+                "start {start} at or before a change at {changed}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_granted_and_pending_requests_are_due() {
+        let mut r = granted(t(60, 0), t(0, 0));
+        for status in [
+            pb::RequestStatus::Provisioned,
+            pb::RequestStatus::Canceled,
+            pb::RequestStatus::Failed,
+        ] {
+            r.status = status.into();
+            assert_eq!(due_at(&r, t(0, 0)), None, "{status:?}");
+        }
+    }
 }

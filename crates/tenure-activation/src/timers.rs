@@ -16,7 +16,24 @@ pub async fn run(engine: Arc<Engine>, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         match engine.process_due().await {
-            Ok(()) => backoff.reset(),
+            Ok(pass) if pass.more_due() => {
+                // A full pass: a backlog is draining. The next pass runs now, not at the
+                // next wake-up (which a commit's notification could delay).
+                backoff.reset();
+                tokio::task::yield_now().await;
+                if stop.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            Ok(pass) if pass.all_failed() => {
+                // Every due request failed: do not spin on them.
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => backoff.reset(),
             Err(e) => {
                 // Due work that keeps failing (a peer or the database down) is retried
                 // with backoff, not at once in a loop.

@@ -821,3 +821,28 @@ impl Engine {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_full_pass_that_got_somewhere_runs_the_next_at_once() {
+        let full = usize::try_from(DUE_BATCH).unwrap();
+        let pass = |due, failed| Pass { due, failed };
+        assert!(pass(full, 0).more_due(), "a backlog drains");
+        assert!(pass(full, full - 1).more_due(), "one success is progress");
+        assert!(!pass(full, full).more_due(), "nothing but failures");
+        assert!(!pass(full - 1, 0).more_due(), "not full: nothing more due");
+        assert!(!pass(0, 0).more_due());
+    }
+
+    #[test]
+    fn the_timer_backs_off_only_when_every_due_request_failed() {
+        let pass = |due, failed| Pass { due, failed };
+        assert!(pass(1, 1).all_failed());
+        assert!(pass(200, 200).all_failed());
+        assert!(!pass(3, 2).all_failed(), "the others made progress");
+        assert!(!pass(0, 0).all_failed(), "an empty pass is no failure");
+    }
+}

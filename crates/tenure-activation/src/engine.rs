@@ -2,7 +2,7 @@
 //! approval workflow, provisioning into the assignments context, and the timers.
 //! Transport-free: the gRPC adapter in [`crate::api`] decodes and encodes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -681,21 +681,51 @@ impl Engine {
         )
         .await?;
         self.commit(uow).await?;
-        // Provision approval-free items that start now, before replying.
+        // Provision approval-free items that start now, before replying. Each starts
+        // from the version just written (1), so provisioning need not read it back.
+        let mut current: HashMap<String, pb::Request> = HashMap::new();
+        let mut reread = false;
         for p in &to_write {
-            if p.request.status() == pb::RequestStatus::Granted
-                && p.request
-                    .start_time
+            let r = &p.request;
+            if r.status() == pb::RequestStatus::Granted
+                && r.start_time
                     .as_ref()
                     .and_then(from_proto)
                     .is_some_and(|s| s <= self.clock.now())
-                && let Err(e) = self.provision(&p.request.id).await
             {
-                tracing::warn!(request = %p.request.id, error = %e, "provisioning failed; the timer retries");
+                let written = store::Stored {
+                    request: r.clone(),
+                    version: 1,
+                    due_at: due_at(r, now),
+                    attempts: 0,
+                };
+                match self.provision_stored(written).await {
+                    Ok(s) => {
+                        current.insert(s.request.id.clone(), s.request);
+                    }
+                    Err(e) => {
+                        reread = true;
+                        tracing::warn!(request = %r.id, error = %e, "provisioning failed; the timer retries");
+                    }
+                }
+            } else {
+                current.insert(r.id.clone(), r.clone());
             }
         }
-        self.refresh(pb::ActivateRolesResponse { results, batch_id })
-            .await
+        let resp = pb::ActivateRolesResponse { results, batch_id };
+        if reread {
+            return self.refresh(resp).await;
+        }
+        let mut resp = resp;
+        for r in &mut resp.results {
+            if let Some(req) = &r.request
+                && let Some(cur) = current.remove(&req.id)
+            {
+                r.outcome = outcome_of(cur.status(), r.outcome()).into();
+                r.request = Some(cur);
+            }
+        }
+        Ok(resp)
     }
 
     /// Re-reads the requests of a response so its statuses are current.
@@ -707,18 +737,23 @@ impl Engine {
             if let Some(req) = &r.request
                 && let Some(s) = store::get(&self.db, &req.id).await?
             {
-                r.outcome = match s.request.status() {
-                    pb::RequestStatus::Provisioned => pb::ItemOutcome::Provisioned,
-                    pb::RequestStatus::Granted => pb::ItemOutcome::Granted,
-                    pb::RequestStatus::PendingApproval => pb::ItemOutcome::PendingApproval,
-                    pb::RequestStatus::Failed => pb::ItemOutcome::Failed,
-                    _ => r.outcome(),
-                }
-                .into();
+                r.outcome = outcome_of(s.request.status(), r.outcome()).into();
                 r.request = Some(s.request);
             }
         }
         Ok(resp)
+    }
+}
+
+/// An item's outcome for a request now in `status` (`was` when the status says
+/// nothing new).
+fn outcome_of(status: pb::RequestStatus, was: pb::ItemOutcome) -> pb::ItemOutcome {
+    match status {
+        pb::RequestStatus::Provisioned => pb::ItemOutcome::Provisioned,
+        pb::RequestStatus::Granted => pb::ItemOutcome::Granted,
+        pb::RequestStatus::PendingApproval => pb::ItemOutcome::PendingApproval,
+        pb::RequestStatus::Failed => pb::ItemOutcome::Failed,
+        _ => was,
     }
 }
 

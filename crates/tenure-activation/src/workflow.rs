@@ -80,13 +80,33 @@ impl Engine {
     /// Applies `change` to the current version of a request inside a unit of work,
     /// retrying when a concurrent writer got there first. `change` returns the events to
     /// emit, or an error that aborts without writing.
-    async fn transition<F>(&self, id: &str, actor: &str, mut change: F) -> ApiResult<Stored>
+    async fn transition<F>(&self, id: &str, actor: &str, change: F) -> ApiResult<Stored>
+    where
+        F: FnMut(&mut Stored, DateTime<Utc>) -> ApiResult<Vec<pb::Event>>,
+    {
+        self.transition_known(id, None, actor, change).await
+    }
+
+    /// [`Engine::transition`] starting from a version the caller has just read: the
+    /// first attempt skips the read and relies on the version check of the update
+    /// alone; a concurrent change makes it read and retry as usual.
+    async fn transition_known<F>(
+        &self,
+        id: &str,
+        mut known: Option<Stored>,
+        actor: &str,
+        mut change: F,
+    ) -> ApiResult<Stored>
     where
         F: FnMut(&mut Stored, DateTime<Utc>) -> ApiResult<Vec<pb::Event>>,
     {
         for _ in 0..5 {
             let mut uow = self.log.begin().await?;
-            let Some(mut s) = store::get_tx(&mut uow, id).await? else {
+            let current = match known.take() {
+                Some(s) => Some(s),
+                None => store::get_tx(&mut uow, id).await?,
+            };
+            let Some(mut s) = current else {
                 uow.rollback().await?;
                 return Err(ApiError::not_found("request", id));
             };
@@ -122,6 +142,13 @@ impl Engine {
     /// context (idempotent by the request id there, so a retry never provisions twice).
     pub async fn provision(&self, id: &str) -> ApiResult<Stored> {
         let s = self.load(id).await?;
+        self.provision_stored(s).await
+    }
+
+    /// [`Engine::provision`] of a request as the caller has just read (or written) it.
+    pub async fn provision_stored(&self, s: Stored) -> ApiResult<Stored> {
+        let id = s.request.id.clone();
+        let id = id.as_str();
         if s.request.status() != pb::RequestStatus::Granted {
             return Ok(s);
         }
@@ -190,7 +217,7 @@ impl Engine {
         match result {
             Ok((instance_id, sequence)) => {
                 let done = self
-                    .transition(id, "system", |s, now| {
+                    .transition_known(id, Some(s.clone()), "system", |s, now| {
                         if s.request.status() != pb::RequestStatus::Granted {
                             return Ok(Vec::new());
                         }

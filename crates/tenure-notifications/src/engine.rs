@@ -31,6 +31,31 @@ use common::NotificationRecipientKind as R;
 pub type Uow = UnitOfWork<pb::Event>;
 type Tx = Transaction<'static, Any>;
 
+/// What a unit of work reads once and reuses for every event of a consumer's batch:
+/// settings, alert settings and webhooks change only through this context's own API
+/// (never inside a consumer's batch), and display names are forgotten whenever the
+/// batch applies a principal change ([`Engine::forget_names`]).
+#[derive(Default)]
+struct BatchReads {
+    settings: Option<pb::NotificationSettings>,
+    alert_settings: std::collections::HashMap<i32, pb::AlertSettings>,
+    webhooks: Option<Vec<pb::Webhook>>,
+    names: std::collections::HashMap<String, Option<String>>,
+}
+
+/// The alert kinds a unit of work marked for evaluation, written once at its end.
+#[derive(Default)]
+struct Marks(BTreeSet<i64>);
+
+/// The audit chain's head as this unit of work moves it: read (and, on PostgreSQL,
+/// locked) by the first entry, advanced in memory by the next ones, and written back
+/// once by [`Engine::flush_audit`] before the unit commits.
+#[derive(Default)]
+struct AuditChain {
+    head: Option<(i64, String)>,
+    dirty: bool,
+}
+
 fn decode<M: prost::Message + Default>(b: &[u8]) -> ApiResult<M> {
     M::decode(b).map_err(|e| ApiError::Internal(e.into()))
 }
@@ -207,38 +232,104 @@ impl Engine {
         Ok((s, v))
     }
 
+    /// The notification settings, read once per unit of work.
+    async fn settings_of(&self, uow: &mut Uow) -> ApiResult<pb::NotificationSettings> {
+        if let Some(s) = &uow.cache::<BatchReads>().settings {
+            return Ok(s.clone());
+        }
+        let (s, _) = self.settings_in(uow.tx()).await?;
+        uow.cache::<BatchReads>().settings = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The settings of an alert kind, read once per unit of work.
+    async fn alert_settings_of(
+        &self,
+        uow: &mut Uow,
+        kind: pb::AlertKind,
+    ) -> ApiResult<pb::AlertSettings> {
+        if let Some(s) = uow.cache::<BatchReads>().alert_settings.get(&(kind as i32)) {
+            return Ok(s.clone());
+        }
+        let (s, _) = self.alert_settings_in(uow.tx(), kind).await?;
+        uow.cache::<BatchReads>()
+            .alert_settings
+            .insert(kind as i32, s.clone());
+        Ok(s)
+    }
+
+    /// Every webhook, read once per unit of work.
+    async fn webhooks_of(&self, uow: &mut Uow) -> ApiResult<Vec<pb::Webhook>> {
+        if let Some(w) = &uow.cache::<BatchReads>().webhooks {
+            return Ok(w.clone());
+        }
+        let w = self.webhooks_in(uow.tx()).await?;
+        uow.cache::<BatchReads>().webhooks = Some(w.clone());
+        Ok(w)
+    }
+
+    /// A principal's display name (empty when unknown), read once per unit of work.
+    async fn display_name(&self, uow: &mut Uow, id: &str) -> ApiResult<Option<String>> {
+        if let Some(n) = uow.cache::<BatchReads>().names.get(id) {
+            return Ok(n.clone());
+        }
+        let n = project::principal_ref(uow.tx(), id)
+            .await?
+            .map(|p| p.0.display_name);
+        uow.cache::<BatchReads>()
+            .names
+            .insert(id.to_owned(), n.clone());
+        Ok(n)
+    }
+
+    /// Forgets the display names this unit of work has read: called after it applies a
+    /// principal's change, so later audit entries of the batch see the new name.
+    pub fn forget_names(uow: &mut Uow) {
+        uow.cache::<BatchReads>().names.clear();
+    }
+
     // ----- audit ---------------------------------------------------------------------
 
-    /// Appends an audit entry for a source event, chained to the previous entry.
+    /// Appends an audit entry for a source event, chained to the previous entry. The
+    /// chain's head moves in memory for the rest of the unit of work: the unit must call
+    /// [`Engine::finish`] before it commits (the consumers do, in their `finish`),
+    /// or the next unit finds the old head and its entry's sequence is refused as a
+    /// duplicate — an error, never a forked chain.
     pub async fn audit(
         &self,
-        tx: &mut Tx,
+        uow: &mut Uow,
         meta: &common::EventMeta,
         facts: Facts,
     ) -> ApiResult<()> {
         let actor_name = if meta.actor == "system" {
             String::new()
         } else {
-            project::principal_ref(tx, &meta.actor)
+            self.display_name(uow, &meta.actor)
                 .await?
-                .map(|p| p.0.display_name)
                 .unwrap_or_default()
         };
         let mut facts = facts;
         if let Some(t) = &mut facts.target
             && t.display_name.is_empty()
-            && let Some((p, _, _)) = project::principal_ref(tx, &t.id).await?
+            && let Some(name) = self.display_name(uow, &t.id).await?
         {
-            t.display_name = p.display_name;
+            t.display_name = name;
         }
-        let row = sqlx::query(
-            "UPDATE notifications_audit_head SET last_sequence = last_sequence + 1 WHERE id = 1 \
-             RETURNING last_sequence, last_hash",
-        )
-        .fetch_one(&mut **tx)
-        .await?;
-        let seq: i64 = row.try_get("last_sequence")?;
-        let prev: String = row.try_get("last_hash")?;
+        let (prev_seq, prev) = match uow.cache::<AuditChain>().head.take() {
+            Some(h) => h,
+            None => {
+                // A no-op update: it returns the head and, on PostgreSQL, takes the
+                // row's lock until the commit, so two writers never chain onto one head.
+                let row = sqlx::query(
+                    "UPDATE notifications_audit_head SET last_sequence = last_sequence WHERE id = 1 \
+                     RETURNING last_sequence, last_hash",
+                )
+                .fetch_one(&mut **uow.tx())
+                .await?;
+                (row.try_get("last_sequence")?, row.try_get("last_hash")?)
+            }
+        };
+        let seq = prev_seq + 1;
         let mut e = audit::entry(meta, facts, actor_name);
         e.sequence = seq;
         e.recorded_at = Some(to_proto(self.now()));
@@ -268,12 +359,32 @@ impl Engine {
         .bind(i64::from(e.result))
         .bind(&e.hash)
         .bind(e.encode_to_vec())
-        .execute(&mut **tx)
+        .execute(&mut **uow.tx())
         .await?;
-        sqlx::query("UPDATE notifications_audit_head SET last_hash = $1 WHERE id = 1")
-            .bind(&e.hash)
-            .execute(&mut **tx)
-            .await?;
+        let chain = uow.cache::<AuditChain>();
+        chain.head = Some((seq, e.hash));
+        chain.dirty = true;
+        Ok(())
+    }
+
+    /// Writes the audit chain's head as this unit of work left it (once, however many
+    /// entries it appended). [`Engine::finish`] calls it.
+    async fn flush_audit(&self, uow: &mut Uow) -> ApiResult<()> {
+        let chain = uow.cache::<AuditChain>();
+        if !chain.dirty {
+            return Ok(());
+        }
+        chain.dirty = false;
+        let Some((seq, hash)) = chain.head.clone() else {
+            return Ok(());
+        };
+        sqlx::query(
+            "UPDATE notifications_audit_head SET last_sequence = $1, last_hash = $2 WHERE id = 1",
+        )
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut **uow.tx())
+        .await?;
         Ok(())
     }
 
@@ -285,7 +396,7 @@ impl Engine {
         let world = project::world(uow.tx(), now).await?;
         let mut counts = Counts::default();
         for kind in kinds {
-            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let settings = self.alert_settings_of(uow, *kind).await?;
             let found = alerts::evaluate(&settings, &world);
             let c = self.reconcile(uow, &settings, found, now).await?;
             counts.raised += c.raised;
@@ -317,7 +428,7 @@ impl Engine {
         keys.insert(alerts::frequent_key(principal_id, role_id));
         let mut counts = Counts::default();
         for kind in kinds {
-            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let settings = self.alert_settings_of(uow, *kind).await?;
             let found = alerts::evaluate(&settings, &world);
             let c = self
                 .reconcile_in(uow, &settings, found, now, Some(&keys))
@@ -333,28 +444,34 @@ impl Engine {
     /// commits with the cursor and survives a crash). [`Engine::evaluate_marked`]
     /// evaluates all marked kinds at once: a burst of events (a bulk load, a sync)
     /// costs one scan of the projections per pass, not one per event.
-    pub async fn mark(&self, uow: &mut Uow, kinds: &[pb::AlertKind]) -> ApiResult<()> {
-        let mut kinds: Vec<i64> = kinds.iter().map(|k| *k as i64).collect();
-        kinds.sort_unstable();
-        kinds.dedup();
-        if kinds.is_empty() {
-            return Ok(());
+    pub fn mark(uow: &mut Uow, kinds: &[pb::AlertKind]) {
+        uow.cache::<Marks>()
+            .0
+            .extend(kinds.iter().map(|k| *k as i64));
+    }
+
+    /// Writes what a unit of work kept for its end: the alert kinds it marked (in one
+    /// statement) and the audit chain's head. The consumers call it once per batch,
+    /// before the commit.
+    pub async fn finish(&self, uow: &mut Uow) -> ApiResult<()> {
+        let kinds = std::mem::take(&mut uow.cache::<Marks>().0);
+        if !kinds.is_empty() {
+            // One statement for all of them (a set: a row may be updated once per
+            // statement).
+            let values: Vec<String> = (1..=kinds.len()).map(|i| format!("(${i}, 1)")).collect();
+            let sql = format!(
+                "INSERT INTO notifications_alert_dirty (kind, version) VALUES {} \
+                 ON CONFLICT (kind) DO UPDATE SET version = notifications_alert_dirty.version + 1",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for k in &kinds {
+                q = q.bind(*k);
+            }
+            q.execute(&mut **uow.tx()).await?;
+            self.alert_wake.notify_one();
         }
-        // One statement for all of them (a row may be updated once per statement,
-        // hence the dedup above).
-        let values: Vec<String> = (1..=kinds.len()).map(|i| format!("(${i}, 1)")).collect();
-        let sql = format!(
-            "INSERT INTO notifications_alert_dirty (kind, version) VALUES {} \
-             ON CONFLICT (kind) DO UPDATE SET version = notifications_alert_dirty.version + 1",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for k in &kinds {
-            q = q.bind(*k);
-        }
-        q.execute(&mut **uow.tx()).await?;
-        self.alert_wake.notify_one();
-        Ok(())
+        self.flush_audit(uow).await
     }
 
     /// Evaluates the marked kinds together. The projections are read on a reader
@@ -397,7 +514,7 @@ impl Engine {
             }
         }
         for kind in &kinds {
-            let (settings, _) = self.alert_settings_in(uow.tx(), *kind).await?;
+            let settings = self.alert_settings_of(&mut uow, *kind).await?;
             let found = alerts::evaluate(&settings, &world);
             self.reconcile(&mut uow, &settings, found, now).await?;
         }
@@ -889,7 +1006,7 @@ impl Engine {
     pub async fn notify(&self, uow: &mut Uow, d: Draft) -> ApiResult<pb::Notification> {
         let now = self.now();
         let nowp = to_proto(now);
-        let (settings, _) = self.settings_in(uow.tx()).await?;
+        let settings = self.settings_of(uow).await?;
         let email = settings.email.clone().unwrap_or_default();
         let e = E::try_from(d.kind).unwrap_or(E::Unspecified);
         let role_id = d.role.as_ref().map_or(String::new(), |r| r.id.clone());
@@ -1037,7 +1154,7 @@ impl Engine {
                 ..Default::default()
             });
         }
-        for w in self.webhooks_in(uow.tx()).await? {
+        for w in self.webhooks_of(uow).await? {
             if w.enabled != Some(true)
                 || (!w.event_kinds.is_empty() && !w.event_kinds.contains(&d.kind))
                 || (w.critical_only && !d.critical)
@@ -1145,14 +1262,15 @@ impl Engine {
     /// Re-plans the expiry reminders of an assignment.
     pub async fn plan_reminders(
         &self,
-        tx: &mut Tx,
+        uow: &mut Uow,
         a: &tenure_proto::assignments::v1::Assignment,
     ) -> ApiResult<()> {
+        let settings = self.settings_of(uow).await?;
+        let tx = uow.tx();
         sqlx::query("DELETE FROM notifications_reminders WHERE assignment_id = $1")
             .bind(&a.id)
             .execute(&mut **tx)
             .await?;
-        let (settings, _) = self.settings_in(tx).await?;
         let rem = settings.expiry_reminders.unwrap_or_default();
         if !rem.enabled || a.permanent {
             return Ok(());
@@ -1208,7 +1326,7 @@ impl Engine {
                 .await?;
                 if let Some(b) = body {
                     let a: tenure_proto::assignments::v1::Assignment = decode(&b)?;
-                    let (settings, _) = self.settings_in(uow.tx()).await?;
+                    let settings = self.settings_of(&mut uow).await?;
                     let smallest = settings
                         .expiry_reminders
                         .as_ref()
@@ -1442,9 +1560,9 @@ impl Engine {
     }
 
     /// The break-glass principals being watched.
-    pub async fn watched(&self, tx: &mut Tx) -> ApiResult<BTreeSet<String>> {
-        let (s, _) = self
-            .alert_settings_in(tx, pb::AlertKind::BreakGlassAccountUsed)
+    pub async fn watched(&self, uow: &mut Uow) -> ApiResult<BTreeSet<String>> {
+        let s = self
+            .alert_settings_of(uow, pb::AlertKind::BreakGlassAccountUsed)
             .await?;
         Ok(match s.thresholds {
             Some(pb::alert_settings::Thresholds::BreakGlass(b)) if s.enabled => {

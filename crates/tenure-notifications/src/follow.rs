@@ -44,7 +44,7 @@ async fn break_glass(
     meta: &common::EventMeta,
     what: &str,
 ) -> Result<bool, ApiError> {
-    let watched = engine.watched(uow.tx()).await?;
+    let watched = engine.watched(uow).await?;
     if !watched.contains(&meta.actor) {
         return Ok(false);
     }
@@ -58,6 +58,10 @@ async fn break_glass(
 }
 
 impl EventHandler<asg::Event, pb::Event> for FromAssignments {
+    fn finish<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.0.finish(uow))
+    }
+
     fn handle<'a>(
         &'a self,
         uow: &'a mut Uow,
@@ -66,11 +70,20 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
         Box::pin(async move {
             let e = &self.0;
             let meta = event.meta.clone().unwrap_or_default();
-            e.audit(uow.tx(), &meta, audit::assignments_facts(event))
-                .await?;
+            e.audit(uow, &meta, audit::assignments_facts(event)).await?;
             let changed = project::apply(uow.tx(), event).await?;
+            if matches!(
+                event.payload,
+                Some(
+                    asg::event::Payload::PrincipalSynced(_)
+                        | asg::event::Payload::PrincipalDisabled(_)
+                        | asg::event::Payload::PrincipalDeleted(_)
+                )
+            ) {
+                Engine::forget_names(uow);
+            }
             for a in &changed.windows {
-                e.plan_reminders(uow.tx(), a).await?;
+                e.plan_reminders(uow, a).await?;
             }
             for id in &changed.gone {
                 sqlx::query("DELETE FROM notifications_reminders WHERE assignment_id = $1")
@@ -91,7 +104,7 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
             if let Some(asg::event::Payload::PrincipalSynced(x)) = &event.payload
                 && x.changed_fields.iter().any(|f| f == "last_sign_in_time")
                 && let Some(p) = &x.principal
-                && e.watched(uow.tx()).await?.contains(&p.id)
+                && e.watched(uow).await?.contains(&p.id)
             {
                 let at = p
                     .last_sign_in_time
@@ -116,7 +129,7 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
             if !kinds.is_empty() {
                 kinds.sort_by_key(|k| *k as i32);
                 kinds.dedup();
-                e.mark(uow, &kinds).await?;
+                Engine::mark(uow, &kinds);
             }
             if let Some(asg::event::Payload::AssignmentCreated(x)) = &event.payload
                 && let Some(a) = &x.assignment
@@ -188,6 +201,10 @@ fn names(r: &act::Request) -> (String, String) {
 }
 
 impl EventHandler<act::Event, pb::Event> for FromActivation {
+    fn finish<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.0.finish(uow))
+    }
+
     fn handle<'a>(
         &'a self,
         uow: &'a mut Uow,
@@ -197,8 +214,7 @@ impl EventHandler<act::Event, pb::Event> for FromActivation {
             use act::event::Payload as P;
             let e = &self.0;
             let meta = event.meta.clone().unwrap_or_default();
-            e.audit(uow.tx(), &meta, audit::activation_facts(event))
-                .await?;
+            e.audit(uow, &meta, audit::activation_facts(event)).await?;
             let short = meta
                 .r#type
                 .rsplit('.')
@@ -289,6 +305,10 @@ impl EventHandler<act::Event, pb::Event> for FromActivation {
 }
 
 impl EventHandler<rev::Event, pb::Event> for FromReviews {
+    fn finish<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.0.finish(uow))
+    }
+
     fn handle<'a>(
         &'a self,
         uow: &'a mut Uow,
@@ -297,8 +317,7 @@ impl EventHandler<rev::Event, pb::Event> for FromReviews {
         Box::pin(async move {
             let e = &self.0;
             let meta = event.meta.clone().unwrap_or_default();
-            e.audit(uow.tx(), &meta, audit::reviews_facts(event))
-                .await?;
+            e.audit(uow, &meta, audit::reviews_facts(event)).await?;
             if let Some(d) = review_draft(uow, event, &meta).await? {
                 e.notify(uow, d).await?;
             }
@@ -517,6 +536,10 @@ async fn review_draft(
 }
 
 impl EventHandler<pb::Event, pb::Event> for FromSelf {
+    fn finish<'a>(&'a self, uow: &'a mut Uow) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.0.finish(uow))
+    }
+
     fn handle<'a>(
         &'a self,
         uow: &'a mut Uow,
@@ -525,7 +548,7 @@ impl EventHandler<pb::Event, pb::Event> for FromSelf {
         Box::pin(async move {
             let meta = event.meta.clone().unwrap_or_default();
             self.0
-                .audit(uow.tx(), &meta, audit::notifications_facts(event))
+                .audit(uow, &meta, audit::notifications_facts(event))
                 .await
         })
     }

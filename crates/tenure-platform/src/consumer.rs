@@ -45,6 +45,14 @@ pub trait EventHandler<S, O: EventEnvelope>: Send + Sync + 'static {
         uow: &'a mut UnitOfWork<O>,
         event: &'a S,
     ) -> BoxFuture<'a, Result<(), ApiError>>;
+
+    /// Called once after the batch's events were handled, before the unit of work
+    /// commits: writes back what the handler kept in [`UnitOfWork::cache`] for the
+    /// batch (a running hash chain, say). An error rolls the whole batch back.
+    fn finish<'a>(&'a self, uow: &'a mut UnitOfWork<O>) -> BoxFuture<'a, Result<(), ApiError>> {
+        let _ = uow;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A running consumer's identity and parts.
@@ -153,6 +161,7 @@ where
                 for event in &batch {
                     self.handler.handle(&mut uow, event).await?;
                 }
+                self.handler.finish(&mut uow).await?;
                 uow.commit().await?;
                 cursor = last;
                 break;

@@ -131,8 +131,37 @@ struct Inner<E> {
     /// Set while a NOTIFY to other processes is queued, so bursts send one.
     notify_queued: std::sync::atomic::AtomicBool,
     sql_bump: String,
-    sql_insert: String,
+    /// Multi-row INSERTs of 1, 2, 4, … [`INSERT_ROWS`] events (index = log2 of the rows),
+    /// so a unit of work appends its events in a few statements and the statement cache
+    /// holds a handful of shapes.
+    sql_insert: Vec<String>,
     sql_after: String,
+}
+
+/// The most event rows one INSERT statement carries (10 parameters each).
+const INSERT_ROWS: usize = 64;
+
+fn insert_sql(prefix: &str, rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = format!(
+        "INSERT INTO {prefix}_events (sequence, id, event_type, occurred_at, actor, \
+         subject, correlation_id, traceparent, tracestate, payload) VALUES "
+    );
+    for r in 0..rows {
+        let b = r * 10;
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 1..=10 {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", b + c);
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// The event log of one context. Cheap to clone.
@@ -172,11 +201,11 @@ impl<E: EventEnvelope> EventLog<E> {
                     "UPDATE {prefix}_event_head SET last_sequence = last_sequence + $1 \
                      WHERE id = 1 RETURNING last_sequence"
                 ),
-                sql_insert: format!(
-                    "INSERT INTO {prefix}_events (sequence, id, event_type, occurred_at, actor, \
-                     subject, correlation_id, traceparent, tracestate, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-                ),
+                sql_insert: std::iter::successors(Some(1usize), |n| {
+                    (*n < INSERT_ROWS).then_some(n * 2)
+                })
+                .map(|n| insert_sql(prefix, n))
+                .collect(),
                 sql_after: format!(
                     "SELECT sequence, id, event_type, occurred_at, actor, subject, \
                      correlation_id, traceparent, tracestate, payload FROM {prefix}_events \
@@ -259,6 +288,7 @@ impl<E: EventEnvelope> EventLog<E> {
             log: self.clone(),
             tx,
             pending: Vec::new(),
+            cache: Cache::default(),
         })
     }
 
@@ -501,6 +531,29 @@ pub struct UnitOfWork<E: EventEnvelope> {
     log: EventLog<E>,
     tx: Transaction<'static, Any>,
     pending: Vec<(E, EventMeta, DateTime<Utc>)>,
+    cache: Cache,
+}
+
+/// Values a handler keeps for the length of one unit of work (reads it need not repeat
+/// for every event of a batch, or state it writes back once before the commit), one per
+/// type.
+#[derive(Default)]
+struct Cache(Vec<Box<dyn std::any::Any + Send>>);
+
+impl Cache {
+    fn get<T: Default + Send + 'static>(&mut self) -> &mut T {
+        let i = match self.0.iter().position(|b| b.is::<T>()) {
+            Some(i) => i,
+            None => {
+                self.0.push(Box::new(T::default()));
+                self.0.len() - 1
+            }
+        };
+        match self.0[i].downcast_mut::<T>() {
+            Some(v) => v,
+            None => unreachable!("slot {i} was found by its type"),
+        }
+    }
 }
 
 impl<E: EventEnvelope> UnitOfWork<E> {
@@ -534,6 +587,13 @@ impl<E: EventEnvelope> UnitOfWork<E> {
         self.pending.push((new.event, meta, now));
     }
 
+    /// The value of type `T` this unit of work keeps (created empty on first use). It
+    /// lives exactly as long as the transaction, so what is cached in it can never
+    /// outlive what the transaction saw.
+    pub fn cache<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.cache.get::<T>()
+    }
+
     /// How many events are queued.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -550,23 +610,31 @@ impl<E: EventEnvelope> UnitOfWork<E> {
                 .fetch_one(&mut *self.tx)
                 .await?;
             let mut seq = last - n;
-            for (event, meta, at) in self.pending.drain(..) {
-                seq += 1;
-                sqlx::query(&self.log.inner.sql_insert)
-                    .bind(seq)
-                    .bind(meta.id)
-                    .bind(meta.r#type)
-                    .bind(to_micros(at))
-                    .bind(meta.actor)
-                    .bind(meta.subject)
-                    .bind(meta.correlation_id)
-                    .bind(meta.traceparent)
-                    .bind(meta.tracestate)
-                    .bind(event.encode_to_vec())
-                    .execute(&mut *self.tx)
-                    .await?;
-                sequences.push(seq);
+            let mut rest = self.pending.len();
+            let mut events = self.pending.drain(..);
+            while rest > 0 {
+                // The largest power of two that fits: at most log2(INSERT_ROWS)+1 shapes.
+                let rows = 1usize << (usize::BITS - 1 - rest.min(INSERT_ROWS).leading_zeros());
+                let mut q = sqlx::query(&self.log.inner.sql_insert[rows.trailing_zeros() as usize]);
+                for (event, meta, at) in events.by_ref().take(rows) {
+                    seq += 1;
+                    q = q
+                        .bind(seq)
+                        .bind(meta.id)
+                        .bind(meta.r#type)
+                        .bind(to_micros(at))
+                        .bind(meta.actor)
+                        .bind(meta.subject)
+                        .bind(meta.correlation_id)
+                        .bind(meta.traceparent)
+                        .bind(meta.tracestate)
+                        .bind(event.encode_to_vec());
+                    sequences.push(seq);
+                }
+                q.execute(&mut *self.tx).await?;
+                rest -= rows;
             }
+            drop(events);
         }
         self.tx.commit().await?;
         if !sequences.is_empty() {

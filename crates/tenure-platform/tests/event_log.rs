@@ -73,6 +73,11 @@ async fn setup(prefixes: &[&str]) -> (TestDb, Db) {
         "side effects table for consumer tests",
         "CREATE TABLE seen (sequence BIGINT PRIMARY KEY, note TEXT NOT NULL)",
     ));
+    specs.push(MigrationSpec::new(
+        999_001,
+        "what consumer tests write once per batch",
+        "CREATE TABLE batches (n BIGINT NOT NULL)",
+    ));
     db.migrate(specs).await.unwrap();
     (tdb, db)
 }
@@ -439,9 +444,24 @@ impl EventHandler<TestEvent, TestEvent> for BatchRecorder {
                 return Err(ApiError::Internal(anyhow::anyhow!("injected failure")));
             }
             uow.emit(ev(&format!("handled {}", seq(event)), false));
+            *uow.cache::<i64>() += 1;
             sqlx::query("INSERT INTO seen (sequence, note) VALUES ($1, $2)")
                 .bind(seq(event))
                 .bind(uow.pending().to_string())
+                .execute(&mut **uow.tx())
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        uow: &'a mut UnitOfWork<TestEvent>,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let n = *uow.cache::<i64>();
+            sqlx::query("INSERT INTO batches (n) VALUES ($1)")
+                .bind(n)
                 .execute(&mut **uow.tx())
                 .await?;
             Ok(())
@@ -509,6 +529,50 @@ async fn a_backlog_is_handled_in_batches_that_commit_or_roll_back_whole() {
         .await
         .unwrap();
     assert_eq!(own_events, 300);
+    // `finish` ran once per committed batch, in its unit of work, and saw what the
+    // batch's handlers kept in the unit's cache: the failed batch's count rolled back
+    // with it, and no count leaked from one unit into the next.
+    let (batches, total, most): (i64, i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), CAST(SUM(n) AS BIGINT), MAX(n) FROM batches")
+            .fetch_one(db.reader())
+            .await
+            .unwrap();
+    assert_eq!(
+        total, 300,
+        "each event counted in exactly one committed batch"
+    );
+    assert!(batches < 300 && batches >= 300 / tenure_platform::consumer::MAX_BATCH as i64);
+    assert!(most <= tenure_platform::consumer::MAX_BATCH as i64);
+}
+
+#[tokio::test]
+async fn a_unit_appends_many_events_in_order_with_gapless_sequences() {
+    // 203 events: multi-row INSERTs of 64, 64, 64, 8, 2 and 1 rows.
+    let (_t, db) = setup(&["t"]).await;
+    let log = EventLog::<TestEvent>::open(db, clock(), "t").await.unwrap();
+    commit(&log, vec![ev("first", true)]).await;
+    let seqs = commit(
+        &log,
+        (1..=203).map(|i| ev(&i.to_string(), i % 7 == 0)).collect(),
+    )
+    .await;
+    assert_eq!(seqs, (2..=204).collect::<Vec<_>>());
+    let read = log.read_after(0, 1000).await.unwrap();
+    assert_eq!(read.len(), 204);
+    assert_eq!(read[0].note, "first");
+    for (i, e) in read.iter().enumerate().skip(1) {
+        let m = e.meta.as_ref().unwrap();
+        assert_eq!(m.sequence, i as i64 + 1);
+        assert_eq!(e.note, i.to_string(), "payload of event {i} in its place");
+        assert_eq!(m.subject, format!("subject-{i}"));
+        let want = if i % 7 == 0 {
+            "tenure.test.v1.Shouted"
+        } else {
+            "tenure.test.v1.Noted"
+        };
+        assert_eq!(m.r#type, want);
+    }
+    assert_eq!(commit(&log, vec![ev("after", false)]).await, vec![205]);
 }
 
 #[tokio::test]

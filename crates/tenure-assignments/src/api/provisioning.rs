@@ -177,15 +177,9 @@ impl ProvisioningApi {
         }
 
         let mut uow = self.core.begin().await?;
-        // A concurrent call with the same request id may have committed meanwhile: the
-        // same request is answered with the same instance, never provisioned twice.
-        if let Some(existing) = activation_by_request(&self.core, uow.tx(), &r.request_id).await? {
-            uow.rollback().await?;
-            return Ok(pb::ProvisionActivationResponse {
-                instance: Some(store::activation_proto(&self.core, &existing, now)),
-                sequence: self.core.applied(),
-            });
-        }
+        // A concurrent call with the same request id may commit meanwhile: the request
+        // id is UNIQUE, so this insert then fails and the call answers with the
+        // winner's instance below (never provisioned twice, and no re-read here).
         // Another activation of the same principal, role and scope overlapping?
         let overlap = sqlx::query(
             "SELECT request_id FROM assignments_activations WHERE principal_id = $1 AND role_id = $2 AND scope_id = $3 \

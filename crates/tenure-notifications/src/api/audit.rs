@@ -243,12 +243,62 @@ async fn authorize(
     require(engine, c, READ).await
 }
 
+/// A chunk of the CSV export is sent once it holds this much.
 const CHUNK: usize = 60 * 1024;
+/// The most a chunk holds (the API's promise), unless one row alone is larger.
+const MAX_CHUNK: usize = 64 * 1024;
 
-fn new_writer() -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::with_capacity(CHUNK + 4096))
+/// The CSV export cut into chunks at row boundaries. Rows are written straight into
+/// the chunk's buffer (no string per field, no flush per row); a chunk is full at
+/// [`CHUNK`], and never holds more than [`MAX_CHUNK`] unless one row alone is larger.
+struct Chunks {
+    buf: Vec<u8>,
+    rows: i32,
+}
+
+impl Chunks {
+    /// The first chunk, starting with the header row.
+    fn new() -> Self {
+        let mut buf = Vec::with_capacity(MAX_CHUNK);
+        rules::write_csv_header(&mut buf);
+        Self { buf, rows: 0 }
+    }
+
+    fn take(&mut self) -> pb::ExportAuditResponse {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_CHUNK));
+        let rows = std::mem::take(&mut self.rows);
+        pb::ExportAuditResponse {
+            csv_chunk: full,
+            row_count: rows,
+        }
+    }
+
+    /// Adds a row; returns the chunks it filled (a row that would overflow the chunk
+    /// sends it and starts the next, and may fill that one alone).
+    fn push(
+        &mut self,
+        e: &pb::AuditEntry,
+    ) -> (
+        Option<pb::ExportAuditResponse>,
+        Option<pb::ExportAuditResponse>,
+    ) {
+        let before = self.buf.len();
+        rules::write_csv_row(&mut self.buf, e);
+        let mut first = None;
+        if self.buf.len() > MAX_CHUNK && (self.rows > 0 || before > 0) {
+            let row = self.buf.split_off(before);
+            first = Some(self.take());
+            self.buf.extend_from_slice(&row);
+        }
+        self.rows += 1;
+        let second = (self.buf.len() >= CHUNK).then(|| self.take());
+        (first, second)
+    }
+
+    /// The last chunk, if anything is left.
+    fn finish(mut self) -> Option<pb::ExportAuditResponse> {
+        (!self.buf.is_empty() || self.rows > 0).then(|| self.take())
+    }
 }
 
 impl AuditApi {
@@ -483,9 +533,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
             })
         };
         let stream = async_stream::try_stream! {
-            let mut writer = new_writer();
-            writer.write_record(rules::CSV_HEADER).map_err(|e| ApiError::Internal(e.into()))?;
-            let mut rows = 0i32;
+            let mut chunks = Chunks::new();
             let mut next = page_after(0);
             loop {
                 let page = next.await.map_err(|e| ApiError::Internal(e.into()))??;
@@ -494,20 +542,14 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 };
                 next = page_after(last);
                 for e in &page {
-                    writer.write_record(rules::csv_record(e)).map_err(|e| ApiError::Internal(e.into()))?;
-                    rows += 1;
-                    writer.flush().map_err(|e| ApiError::Internal(e.into()))?;
-                    if writer.get_ref().len() >= CHUNK {
-                        let full = std::mem::replace(&mut writer, new_writer());
-                        let buf = full.into_inner().map_err(|e| ApiError::Internal(anyhow::anyhow!("csv: {e}")))?;
-                        yield pb::ExportAuditResponse { csv_chunk: buf, row_count: rows };
-                        rows = 0;
+                    let (a, b) = chunks.push(e);
+                    for full in a.into_iter().chain(b) {
+                        yield full;
                     }
                 }
             }
-            let buf = writer.into_inner().map_err(|e| ApiError::Internal(anyhow::anyhow!("csv: {e}")))?;
-            if !buf.is_empty() || rows > 0 {
-                yield pb::ExportAuditResponse { csv_chunk: buf, row_count: rows };
+            if let Some(rest) = chunks.finish() {
+                yield rest;
             }
         };
         Ok(Response::new(tenure_platform::limits::bounded_stream(
@@ -770,6 +812,58 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The export's chunks: whole rows, header first, at most 64 KiB each unless one
+    /// row alone is larger, counted right, and together the whole CSV.
+    #[test]
+    fn export_chunks_are_whole_rows_of_at_most_64_kib() {
+        let entries: Vec<pb::AuditEntry> = (1..=2000)
+            .map(|i| pb::AuditEntry {
+                sequence: i,
+                action: "RequestApproved".into(),
+                // Now and then a long justification, twice one longer than a chunk.
+                justification: match i {
+                    700 | 1500 => "x".repeat(100 * 1024),
+                    _ if i % 97 == 0 => "why, \"really\"\n".repeat(500),
+                    _ => "month-end".into(),
+                },
+                hash: format!("{i:064x}"),
+                ..Default::default()
+            })
+            .collect();
+        let mut chunks = Vec::new();
+        let mut c = Chunks::new();
+        for e in &entries {
+            let (a, b) = c.push(e);
+            chunks.extend(a.into_iter().chain(b));
+        }
+        chunks.extend(c.finish());
+        let mut whole = Vec::new();
+        rules::write_csv_header(&mut whole);
+        for e in &entries {
+            rules::write_csv_row(&mut whole, e);
+        }
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.csv_chunk.clone()).collect();
+        assert_eq!(joined, whole);
+        assert_eq!(chunks.iter().map(|c| c.row_count).sum::<i32>(), 2000);
+        assert!(chunks[0].csv_chunk.starts_with(b"sequence,"));
+        for c in &chunks {
+            assert!(c.csv_chunk.ends_with(b"\r\n"));
+            assert!(
+                c.csv_chunk.len() <= MAX_CHUNK || c.row_count == 1,
+                "{} bytes in {} rows",
+                c.csv_chunk.len(),
+                c.row_count
+            );
+        }
+        assert_eq!(
+            chunks
+                .iter()
+                .filter(|c| c.csv_chunk.len() > MAX_CHUNK)
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -2047,3 +2047,356 @@ async fn an_activation_reevaluates_only_its_own_principal_and_role() {
     assert_eq!(resolved.id, alert.id);
     h.stop().await;
 }
+
+/// Appends one `InstanceActivated` per `(principal, request id)` to the assignments
+/// log in one commit, as the assignments context records activations: the
+/// notifications context sees exactly what it would see after real activations,
+/// without the cost of hundreds of ActivateRoles calls in a debug build.
+async fn seed_activations(h: &Harness, who: &[(String, String)]) {
+    let core = h.core();
+    let mut uow = core.begin().await.unwrap();
+    let now = uow.now();
+    for (p, request) in who {
+        let instance = asg::Instance {
+            id: format!("instance-{request}"),
+            assignment_type: AssignmentType::Active.into(),
+            origin: tenure_proto::common::v1::InstanceOrigin::Activated.into(),
+            request_id: request.clone(),
+            principal: Some(user(p)),
+            role: Some(tenure_proto::common::v1::RoleRef {
+                id: BILLING.into(),
+                display_name: "Billing Administrator".into(),
+            }),
+            scope: Some(tenure_proto::common::v1::ScopeRef {
+                id: "/".into(),
+                ..Default::default()
+            }),
+            start_time: Some(tenure_platform::clock::to_proto(now)),
+            // Far beyond the test's clock, so the expiry timer has nothing to do.
+            end_time: Some(tenure_platform::clock::to_proto(now + TimeDelta::days(30))),
+            status: asg::InstanceStatus::InEffect.into(),
+            ..Default::default()
+        };
+        uow.emit(tenure_platform::events::NewEvent::new(
+            asg::InstanceActivated {
+                instance: Some(instance),
+                ..Default::default()
+            },
+            p.clone(),
+            format!("instance-{request}"),
+        ));
+    }
+    core.commit(uow).await.unwrap();
+}
+
+/// The incidents a run of alert changes leaves standing, by id: the raise's, then
+/// each update's added, changed and removed incidents applied in order.
+#[derive(Default)]
+struct Followed(std::collections::BTreeMap<String, pb::AlertIncident>);
+
+impl Followed {
+    fn raise(&mut self, a: &pb::Alert) {
+        self.0 = a
+            .incidents
+            .iter()
+            .map(|i| (i.id.clone(), i.clone()))
+            .collect();
+    }
+    fn apply(
+        &mut self,
+        added: &[pb::AlertIncident],
+        changed: &[pb::AlertIncident],
+        removed: &[String],
+    ) {
+        for i in added {
+            assert!(
+                self.0.insert(i.id.clone(), i.clone()).is_none(),
+                "added twice: {i:?}"
+            );
+        }
+        for i in changed {
+            assert!(
+                self.0.insert(i.id.clone(), i.clone()).is_some(),
+                "changed before added: {i:?}"
+            );
+        }
+        for id in removed {
+            assert!(self.0.remove(id).is_some(), "removed before added: {id}");
+        }
+    }
+    /// What a finding is, without `last_seen_time` (which moves without an event).
+    fn findings(&self) -> Vec<(String, String, String, Vec<String>)> {
+        self.0.values().map(finding).collect()
+    }
+}
+
+fn finding(i: &pb::AlertIncident) -> (String, String, String, Vec<String>) {
+    (
+        i.id.clone(),
+        i.principal
+            .as_ref()
+            .map(|p| p.id.clone())
+            .unwrap_or_default(),
+        i.detail.clone(),
+        i.request_ids.clone(),
+    )
+}
+
+/// Reads `n` alert changes from the stream and follows them; `counts` adds up the
+/// (added, changed, removed) incidents of the updates.
+async fn follow(
+    stream: &mut tonic::Streaming<pb::SubscribeAlertsResponse>,
+    n: usize,
+    from: &mut Followed,
+    counts: &mut (usize, usize, usize),
+    alert_id: &mut String,
+) {
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("an alert change on the stream")
+            .unwrap()
+            .unwrap();
+        let a = m.alert.as_ref().unwrap();
+        match m.change() {
+            pb::AlertChange::Raised => {
+                from.raise(a);
+                alert_id.clone_from(&a.id);
+            }
+            pb::AlertChange::Updated => {
+                assert!(a.incidents.is_empty(), "an update carries no incidents");
+                assert_eq!(&a.id, alert_id);
+                from.apply(
+                    &m.added_incidents,
+                    &m.changed_incidents,
+                    &m.removed_incident_ids,
+                );
+                counts.0 += m.added_incidents.len();
+                counts.1 += m.changed_incidents.len();
+                counts.2 += m.removed_incident_ids.len();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            usize::try_from(a.incident_count).unwrap(),
+            from.0.len(),
+            "the summary counts the incidents the deltas give"
+        );
+    }
+}
+
+/// "Activated too frequently" with many principals changes often. 200 principals
+/// activate twice within the hour (200 incidents, raised one at a time), 20 of them a
+/// third time (their incidents change), and 10 once more two hours on (theirs clear):
+/// 230 changes. Each `AlertUpdated` carries the change and the alert's summary, never
+/// its incidents, so its size stays bounded however many incidents the alert has; the
+/// raise plus the deltas, read from the event log and from SubscribeAlerts alike, give
+/// exactly the incidents ListAlertIncidents and GetAlert return.
+#[tokio::test]
+async fn a_busy_alert_logs_each_change_as_a_bounded_delta_that_rebuilds_its_incidents() {
+    // Only events evaluate (no periodic rescan during the test).
+    let h = Harness::start_with(|c| c.notifications.alert_rescan_interval_secs = 30 * 86400).await;
+    let engine = h.contexts.notifications.as_ref().unwrap().engine.clone();
+    engine
+        .first_scan_done
+        .subscribe()
+        .wait_for(|done| *done)
+        .await
+        .unwrap();
+    let kind = pb::AlertKind::RolesActivatedTooFrequently;
+    h.alerts()
+        .update_alert_settings(h.req(
+            ADMIN,
+            pb::UpdateAlertSettingsRequest {
+                settings: Some(pb::AlertSettings {
+                    kind: kind.into(),
+                    thresholds: Some(pb::alert_settings::Thresholds::ActivatedTooFrequently(
+                        pb::ActivatedTooFrequentlyThresholds {
+                            activation_count: 2,
+                            window: Some(prost_types::Duration {
+                                seconds: 3600,
+                                nanos: 0,
+                            }),
+                        },
+                    )),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["thresholds".into()],
+                }),
+                request_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let people: Vec<String> = (0..200).map(|i| format!("p{i:03}")).collect();
+    let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+    h.seed_users(&refs).await;
+    let mut stream = h
+        .alerts()
+        .subscribe_alerts(h.req(
+            ADMIN,
+            pb::SubscribeAlertsRequest {
+                after_sequence: 0,
+                kinds: vec![kind.into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let round = |n: usize, who: &[String]| -> Vec<(String, String)> {
+        who.iter()
+            .map(|p| (p.clone(), format!("{p}-r{n}")))
+            .collect()
+    };
+    let mut from_stream = Followed::default();
+    let mut counts = (0, 0, 0);
+    let mut alert_id = String::new();
+    // Everyone activates once (nothing yet), then again a minute later: the first
+    // raises the alert, each of the 199 others adds its incident.
+    seed_activations(&h, &round(1, &people)).await;
+    h.clock.advance(TimeDelta::minutes(1));
+    seed_activations(&h, &round(2, &people)).await;
+    follow(
+        &mut stream,
+        200,
+        &mut from_stream,
+        &mut counts,
+        &mut alert_id,
+    )
+    .await;
+    // 20 activate a third time: their incidents change (three activations now).
+    h.clock.advance(TimeDelta::minutes(1));
+    seed_activations(&h, &round(3, &people[..20])).await;
+    follow(
+        &mut stream,
+        20,
+        &mut from_stream,
+        &mut counts,
+        &mut alert_id,
+    )
+    .await;
+    // Two hours on, 10 others activate once: alone in the window, theirs clear.
+    h.clock.advance(TimeDelta::hours(2));
+    seed_activations(&h, &round(4, &people[20..30])).await;
+    follow(
+        &mut stream,
+        10,
+        &mut from_stream,
+        &mut counts,
+        &mut alert_id,
+    )
+    .await;
+    assert_eq!(
+        counts,
+        (199, 20, 10),
+        "(added, changed, removed) on the stream"
+    );
+
+    // What the alert says now: every standing incident, paged.
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = h
+            .alerts()
+            .list_alert_incidents(h.req(
+                ADMIN,
+                pb::ListAlertIncidentsRequest {
+                    alert_id: alert_id.clone(),
+                    page_size: 1000,
+                    page_token: token.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(r.incidents);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(listed.len(), 190);
+    let mut standing: Vec<_> = listed.iter().map(finding).collect();
+    standing.sort();
+    assert_eq!(from_stream.findings(), standing, "the stream's deltas");
+    let changed_one = listed
+        .iter()
+        .find(|i| i.principal.as_ref().unwrap().id == "p005")
+        .unwrap();
+    assert_eq!(changed_one.request_ids.len(), 3, "{changed_one:?}");
+    assert!(
+        !listed
+            .iter()
+            .any(|i| i.principal.as_ref().unwrap().id == "p025"),
+        "a cleared incident no longer stands"
+    );
+
+    // The event log: one raise and 229 updates, each small.
+    let events = engine.log.read_after(0, 100_000).await.unwrap();
+    let mut from_log = Followed::default();
+    let mut sizes = Vec::new();
+    for e in &events {
+        use pb::event::Payload as P;
+        match &e.payload {
+            Some(P::AlertRaised(x)) if x.alert.as_ref().unwrap().id == alert_id => {
+                from_log.raise(x.alert.as_ref().unwrap());
+            }
+            Some(P::AlertUpdated(x)) if x.alert.as_ref().unwrap().id == alert_id => {
+                let a = x.alert.as_ref().unwrap();
+                assert!(a.incidents.is_empty(), "an update carries no incidents");
+                assert!(!a.title.is_empty(), "it carries the summary");
+                from_log.apply(
+                    &x.added_incidents,
+                    &x.changed_incidents,
+                    &x.removed_incident_ids,
+                );
+                sizes.push(prost::Message::encoded_len(e));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(sizes.len(), 229);
+    assert_eq!(from_log.findings(), standing, "the log's deltas");
+    let (small, large) = (*sizes.iter().min().unwrap(), *sizes.iter().max().unwrap());
+    let all: usize = listed.iter().map(prost::Message::encoded_len).sum();
+    eprintln!("AlertUpdated {small}..{large} bytes; the standing incidents {all} bytes");
+    // Before, each update carried the first 100 incidents (~24 KB here, ~130 KB with
+    // 100 activations each); now one incident and the summary.
+    assert!(large <= 4096, "largest AlertUpdated {large} bytes");
+    assert!(
+        large - small <= 512,
+        "updates do not grow with the alert: {small}..{large} bytes"
+    );
+    assert!(
+        all > 20 * large,
+        "the incidents ({all} bytes) would not fit: largest update {large} bytes"
+    );
+
+    // GetAlert: the same count, and its first incidents as the deltas left them.
+    let got = h
+        .alerts()
+        .get_alert(h.req(
+            ADMIN,
+            pb::GetAlertRequest {
+                id: alert_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .alert
+        .unwrap();
+    assert_eq!(got.incident_count, 190);
+    assert_eq!(got.incidents.len(), 100);
+    for i in &got.incidents {
+        assert_eq!(
+            from_log.0.get(&i.id).map(finding),
+            Some(finding(i)),
+            "GetAlert's incident {} as the deltas left it",
+            i.id
+        );
+    }
+    h.stop().await;
+}

@@ -829,12 +829,13 @@ pub async fn notifications_catch_up(
 
 /// Workload 7 (alerts): from an ActivateRoles reply to the alert change it causes on
 /// the alert stream (`SubscribeAlerts`). "Activated too frequently" is set to two
-/// activations of a role within an hour; 2 to 100 activators (so that every incident
-/// fits in the alert the stream carries) each activate once per scope, from the last
+/// activations of a role within an hour; 2 to 100 activators (kept as when the stream
+/// carried the alert's first 100 incidents, so figures stay comparable; it now carries
+/// each change's incidents) each activate once per scope, from the last
 /// scope backwards (the activation workloads take them from the front), so every
 /// activation after an activator's first changes its incident. Open loop; each
 /// activation is timed from its reply to the first stream message whose incidents
-/// carry its request id.
+/// (raised, added or changed) carry its request id.
 pub async fn alerts(
     c: &Conns,
     ds: &Dataset,
@@ -909,9 +910,15 @@ pub async fn alerts(
         tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {
                 let now = Instant::now();
-                let Some(a) = m.alert else { continue };
+                // A raise carries the alert's first incidents; an update carries only
+                // its change (the incidents added or changed).
+                let raised = m.alert.map(|a| a.incidents).unwrap_or_default();
                 let mut s = lock(&seen);
-                for inc in &a.incidents {
+                for inc in raised
+                    .iter()
+                    .chain(&m.added_incidents)
+                    .chain(&m.changed_incidents)
+                {
                     for id in &inc.request_ids {
                         s.entry(id.clone()).or_insert(now);
                     }

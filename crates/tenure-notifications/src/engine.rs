@@ -710,11 +710,12 @@ impl Engine {
                 counts.resolved += 1;
             }
             Some((mut alert, stored)) => {
-                let mut added = Vec::new();
-                let mut removed = Vec::new();
+                // The change, not the whole alert: the event carries what was added,
+                // changed and removed, with the alert's summary.
+                let mut delta = alerts::Delta::default();
                 for (key, old) in &stored {
                     if !found.contains_key(key) {
-                        removed.push(old.id.clone());
+                        delta.removed.push(old.id.clone());
                         sqlx::query("DELETE FROM notifications_alert_incidents WHERE alert_id = $1 AND incident_key = $2")
                             .bind(&alert.id)
                             .bind(key)
@@ -722,43 +723,45 @@ impl Engine {
                             .await?;
                     }
                 }
-                let mut changed_detail = false;
                 for (key, mut inc) in found {
                     match stored.get(&key) {
                         Some(old) => {
                             inc.id.clone_from(&old.id);
                             inc.first_seen_time = old.first_seen_time;
                             inc.last_seen_time = Some(nowp);
-                            if old.detail != inc.detail || old.request_ids != inc.request_ids {
-                                changed_detail = true;
-                            }
                             self.store_incident(uow.tx(), &alert.id, &key, &inc).await?;
+                            if old.detail != inc.detail || old.request_ids != inc.request_ids {
+                                delta.changed.push(inc);
+                            }
                         }
                         None => {
                             inc.id = uuid::Uuid::now_v7().to_string();
                             inc.first_seen_time = Some(nowp);
                             inc.last_seen_time = Some(nowp);
                             self.store_incident(uow.tx(), &alert.id, &key, &inc).await?;
-                            added.push(inc);
+                            delta.added.push(inc);
                         }
                     }
                 }
                 alert.last_scan_time = Some(nowp);
                 let count = self.incident_count(uow.tx(), &alert.id).await?;
                 alert.incident_count = count;
-                if !added.is_empty() || !removed.is_empty() || changed_detail {
+                alert.incidents.clear();
+                if !delta.is_empty() {
                     alert.update_time = Some(nowp);
                     self.store_alert(uow.tx(), &alert).await?;
-                    alert.incidents = self.incidents(uow.tx(), &alert.id, 100).await?;
-                    uow.emit(NewEvent::new(
-                        pb::AlertUpdated {
-                            alert: Some(alert.clone()),
-                            added_incidents: added,
-                            removed_incident_ids: removed,
-                        },
-                        "system",
-                        alert.id.clone(),
-                    ));
+                    for part in delta.split(alerts::MAX_DELTA) {
+                        uow.emit(NewEvent::new(
+                            pb::AlertUpdated {
+                                alert: Some(alert.clone()),
+                                added_incidents: part.added,
+                                removed_incident_ids: part.removed,
+                                changed_incidents: part.changed,
+                            },
+                            "system",
+                            alert.id.clone(),
+                        ));
+                    }
                     counts.updated += 1;
                 } else {
                     self.store_alert(uow.tx(), &alert).await?;

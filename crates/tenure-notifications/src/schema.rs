@@ -247,5 +247,14 @@ pub fn migrations(backend: Backend) -> Vec<MigrationSpec> {
             // was every holder of the role.
             "CREATE INDEX notifications_p_assignments_who ON notifications_p_assignments (principal_id, role_id);",
         ),
+        MigrationSpec::new(
+            MIGRATION_BASE + 400,
+            "audit entries of one source context in sequence order",
+            // A query or export filtered by source context walks this index in sequence
+            // order (one walk per context, merged) and stops at the page. The unique
+            // (source_context, source_sequence) index made SQLite read every entry of
+            // the context and sort them.
+            "CREATE INDEX notifications_audit_context ON notifications_audit (source_context, sequence);",
+        ),
     ]
 }

@@ -347,7 +347,9 @@ pub enum AlertsCmd {
         #[arg(long)]
         file: PathBuf,
     },
-    /// Follow the alert stream live (resume with --after).
+    /// Follow the alert stream live (resume with --after). A raise shows the alert with
+    /// its first incidents; an update shows the incidents added (+), changed (~) and
+    /// removed (-), and `-o json` prints them.
     #[command(after_help = "Example:\n  tenurectl alerts watch")]
     Watch {
         /// Resume after this sequence.
@@ -469,8 +471,19 @@ pub async fn alerts(ctx: &Ctx, cmd: AlertsCmd) -> anyhow::Result<()> {
                     continue;
                 }
                 let a = e.alert.clone().unwrap_or_default();
+                // An update carries its change, not the whole alert.
+                let delta = if e.change() == ntf::AlertChange::Updated {
+                    format!(
+                        ": +{} ~{} -{}",
+                        e.added_incidents.len(),
+                        e.changed_incidents.len(),
+                        e.removed_incident_ids.len()
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "{:>6}  {}  {:<10} {:<8} {}  ({} incidents) {}",
+                    "{:>6}  {}  {:<10} {:<8} {}  ({} incidents{delta}) {}",
                     e.sequence,
                     show(e.change_time.as_ref()),
                     name(e.change().as_str_name(), "ALERT_CHANGE_"),

@@ -392,11 +392,14 @@ impl pb::alerts_service_server::AlertsService for AlertsApi {
                         Err(err) => return Some(Err(status(err))),
                     };
                     use pb::event::Payload as P;
+                    let mut out = pb::SubscribeAlertsResponse::default();
                     let (change, alert) = match &e.payload {
-                        Some(P::AlertRaised(x)) => (pb::AlertChange::Raised, x.alert.clone()),
-                        Some(P::AlertUpdated(x)) => (pb::AlertChange::Updated, x.alert.clone()),
-                        Some(P::AlertResolved(x)) => (pb::AlertChange::Resolved, x.alert.clone()),
-                        Some(P::AlertDismissed(x)) => (pb::AlertChange::Dismissed, x.alert.clone()),
+                        Some(P::AlertRaised(x)) => (pb::AlertChange::Raised, x.alert.as_ref()),
+                        Some(P::AlertUpdated(x)) => (pb::AlertChange::Updated, x.alert.as_ref()),
+                        Some(P::AlertResolved(x)) => (pb::AlertChange::Resolved, x.alert.as_ref()),
+                        Some(P::AlertDismissed(x)) => {
+                            (pb::AlertChange::Dismissed, x.alert.as_ref())
+                        }
                         _ => return None,
                     };
                     let alert = alert?;
@@ -405,13 +408,20 @@ impl pb::alerts_service_server::AlertsService for AlertsApi {
                     {
                         return None;
                     }
+                    // An update carries its change; a subscriber follows the incidents
+                    // from the raise's without reading the alert again.
+                    if let Some(P::AlertUpdated(x)) = &e.payload {
+                        out.added_incidents.clone_from(&x.added_incidents);
+                        out.removed_incident_ids.clone_from(&x.removed_incident_ids);
+                        out.changed_incidents.clone_from(&x.changed_incidents);
+                    }
+                    let alert = alert.clone();
                     let meta = e.meta.clone().unwrap_or_default();
-                    Some(Ok(pb::SubscribeAlertsResponse {
-                        sequence: meta.sequence,
-                        change: change.into(),
-                        alert: Some(alert),
-                        change_time: meta.occurred_at,
-                    }))
+                    out.sequence = meta.sequence;
+                    out.change = change.into();
+                    out.alert = Some(alert);
+                    out.change_time = meta.occurred_at;
+                    Some(Ok(out))
                 }
             });
         Ok(Response::new(tenure_platform::limits::bounded_stream(

@@ -34,6 +34,9 @@ enum Bind {
 struct Where {
     sql: String,
     binds: Vec<Bind>,
+    /// The placeholders of the source contexts asked for (distinct), bound among
+    /// `binds` but kept out of `sql`: each becomes one arm of the page query.
+    contexts: Vec<String>,
 }
 
 impl Where {
@@ -135,8 +138,12 @@ fn build_filter(f: &pb::AuditFilter, me: &str) -> ApiResult<Where> {
             b,
         );
     }
-    if !f.source_contexts.is_empty() {
-        w.list("source_context", &f.source_contexts);
+    let mut contexts = f.source_contexts.clone();
+    contexts.sort();
+    contexts.dedup();
+    for c in contexts {
+        w.binds.push(Bind::S(c));
+        w.contexts.push(format!("${}", w.binds.len()));
     }
     if !f.request_id.is_empty() {
         w.push("request_id = ?", vec![Bind::S(f.request_id.clone())]);
@@ -153,24 +160,46 @@ fn build_filter(f: &pb::AuditFilter, me: &str) -> ApiResult<Where> {
     Ok(w)
 }
 
-async fn fetch(
-    engine: &Engine,
-    w: &Where,
-    extra: &str,
-    extra_binds: &[i64],
-    order: &str,
-    limit: i64,
-) -> ApiResult<Vec<pb::AuditEntry>> {
-    let mut sql = format!("SELECT body FROM notifications_audit WHERE 1=1{}", w.sql);
+/// The page query: entries matching `w` and `extra`, by sequence in `order`, at most
+/// the last placeholder's number. Filtered by source contexts, it is one arm per context
+/// (`source_context = $k`, walking the `(source_context, sequence)` index in order),
+/// merged by `UNION ALL … ORDER BY sequence`: no arm reads beyond the page and nothing
+/// is sorted, where `source_context IN (…)` read every entry of the contexts and sorted
+/// them. The other placeholders are shared by the arms (bound by number).
+fn page_sql(w: &Where, extra: &str, extra_binds: usize, order: &str) -> String {
     let mut n = w.binds.len();
     let mut extra_sql = extra.to_owned();
-    for _ in extra_binds {
+    for _ in 0..extra_binds {
         n += 1;
         extra_sql = extra_sql.replacen('?', &format!("${n}"), 1);
     }
-    sql.push_str(&extra_sql);
-    sql.push_str(&format!(" ORDER BY sequence {order} LIMIT ${}", n + 1));
-    let mut q = sqlx::query(&sql);
+    let arm = |context: Option<&str>| {
+        let by_context = context.map_or(String::new(), |c| format!(" AND source_context = {c}"));
+        format!(
+            "SELECT body, sequence FROM notifications_audit WHERE 1=1{}{by_context}{extra_sql}",
+            w.sql
+        )
+    };
+    let arms: Vec<String> = if w.contexts.is_empty() {
+        vec![arm(None)]
+    } else {
+        w.contexts.iter().map(|c| arm(Some(c))).collect()
+    };
+    format!(
+        "{} ORDER BY sequence {order} LIMIT ${}",
+        arms.join(" UNION ALL "),
+        n + 1
+    )
+}
+
+/// `sql` (from [`page_sql`]) with the filter's, the extra and the limit's values bound.
+fn bound<'q>(
+    sql: &'q str,
+    w: &Where,
+    extra_binds: &[i64],
+    limit: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql);
     for b in &w.binds {
         q = match b {
             Bind::S(s) => q.bind(s.clone()),
@@ -180,8 +209,21 @@ async fn fetch(
     for i in extra_binds {
         q = q.bind(*i);
     }
-    q = q.bind(limit);
-    let rows = q.fetch_all(engine.db.reader()).await?;
+    q.bind(limit)
+}
+
+async fn fetch(
+    db: &tenure_platform::db::Db,
+    w: &Where,
+    extra: &str,
+    extra_binds: &[i64],
+    order: &str,
+    limit: i64,
+) -> ApiResult<Vec<pb::AuditEntry>> {
+    let sql = page_sql(w, extra, extra_binds.len(), order);
+    let rows = bound(&sql, w, extra_binds, limit)
+        .fetch_all(db.reader())
+        .await?;
     rows.iter()
         .map(|r| {
             let b: Vec<u8> = r.try_get("body")?;
@@ -201,12 +243,62 @@ async fn authorize(
     require(engine, c, READ).await
 }
 
+/// A chunk of the CSV export is sent once it holds this much.
 const CHUNK: usize = 60 * 1024;
+/// The most a chunk holds (the API's promise), unless one row alone is larger.
+const MAX_CHUNK: usize = 64 * 1024;
 
-fn new_writer() -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::with_capacity(CHUNK + 4096))
+/// The CSV export cut into chunks at row boundaries. Rows are written straight into
+/// the chunk's buffer (no string per field, no flush per row); a chunk is full at
+/// [`CHUNK`], and never holds more than [`MAX_CHUNK`] unless one row alone is larger.
+struct Chunks {
+    buf: Vec<u8>,
+    rows: i32,
+}
+
+impl Chunks {
+    /// The first chunk, starting with the header row.
+    fn new() -> Self {
+        let mut buf = Vec::with_capacity(MAX_CHUNK);
+        rules::write_csv_header(&mut buf);
+        Self { buf, rows: 0 }
+    }
+
+    fn take(&mut self) -> pb::ExportAuditResponse {
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_CHUNK));
+        let rows = std::mem::take(&mut self.rows);
+        pb::ExportAuditResponse {
+            csv_chunk: full,
+            row_count: rows,
+        }
+    }
+
+    /// Adds a row; returns the chunks it filled (a row that would overflow the chunk
+    /// sends it and starts the next, and may fill that one alone).
+    fn push(
+        &mut self,
+        e: &pb::AuditEntry,
+    ) -> (
+        Option<pb::ExportAuditResponse>,
+        Option<pb::ExportAuditResponse>,
+    ) {
+        let before = self.buf.len();
+        rules::write_csv_row(&mut self.buf, e);
+        let mut first = None;
+        if self.buf.len() > MAX_CHUNK && (self.rows > 0 || before > 0) {
+            let row = self.buf.split_off(before);
+            first = Some(self.take());
+            self.buf.extend_from_slice(&row);
+        }
+        self.rows += 1;
+        let second = (self.buf.len() >= CHUNK).then(|| self.take());
+        (first, second)
+    }
+
+    /// The last chunk, if anything is left.
+    fn finish(mut self) -> Option<pb::ExportAuditResponse> {
+        (!self.buf.is_empty() || self.rows > 0).then(|| self.take())
+    }
 }
 
 impl AuditApi {
@@ -239,7 +331,7 @@ impl AuditApi {
             (None, true) => ("", "DESC"),
         };
         let binds: Vec<i64> = cursor.into_iter().collect();
-        let mut entries = fetch(&self.engine, &w, extra, &binds, order, size + 1).await?;
+        let mut entries = fetch(&self.engine.db, &w, extra, &binds, order, size + 1).await?;
         let more = entries.len() as i64 > size;
         entries.truncate(usize::try_from(size).unwrap_or(0));
         let next_page_token = if more {
@@ -323,7 +415,7 @@ impl AuditApi {
         let w = Where::default();
         loop {
             let page = fetch(
-                &self.engine,
+                &self.engine.db,
                 &w,
                 " AND sequence > ? AND sequence <= ?",
                 &[cursor, to],
@@ -430,7 +522,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
             let (engine, w) = (engine.clone(), w.clone());
             tokio::spawn(async move {
                 fetch(
-                    &engine,
+                    &engine.db,
                     &w,
                     " AND sequence > ? AND sequence <= ?",
                     &[after, snapshot],
@@ -441,9 +533,7 @@ impl pb::audit_service_server::AuditService for AuditApi {
             })
         };
         let stream = async_stream::try_stream! {
-            let mut writer = new_writer();
-            writer.write_record(rules::CSV_HEADER).map_err(|e| ApiError::Internal(e.into()))?;
-            let mut rows = 0i32;
+            let mut chunks = Chunks::new();
             let mut next = page_after(0);
             loop {
                 let page = next.await.map_err(|e| ApiError::Internal(e.into()))??;
@@ -452,20 +542,14 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 };
                 next = page_after(last);
                 for e in &page {
-                    writer.write_record(rules::csv_record(e)).map_err(|e| ApiError::Internal(e.into()))?;
-                    rows += 1;
-                    writer.flush().map_err(|e| ApiError::Internal(e.into()))?;
-                    if writer.get_ref().len() >= CHUNK {
-                        let full = std::mem::replace(&mut writer, new_writer());
-                        let buf = full.into_inner().map_err(|e| ApiError::Internal(anyhow::anyhow!("csv: {e}")))?;
-                        yield pb::ExportAuditResponse { csv_chunk: buf, row_count: rows };
-                        rows = 0;
+                    let (a, b) = chunks.push(e);
+                    for full in a.into_iter().chain(b) {
+                        yield full;
                     }
                 }
             }
-            let buf = writer.into_inner().map_err(|e| ApiError::Internal(anyhow::anyhow!("csv: {e}")))?;
-            if !buf.is_empty() || rows > 0 {
-                yield pb::ExportAuditResponse { csv_chunk: buf, row_count: rows };
+            if let Some(rest) = chunks.finish() {
+                yield rest;
             }
         };
         Ok(Response::new(tenure_platform::limits::bounded_stream(
@@ -589,6 +673,197 @@ mod tests {
                 .contains("(actor_id = $6 OR target_principal_id = $7)")
         );
         assert_eq!(w.binds.len(), 7);
+    }
+
+    /// The page query filtered by source contexts (one, several, repeated, all), as
+    /// QueryAudit pages it both ways and as ExportAudit reads it: on SQLite it walks
+    /// the `(source_context, sequence)` index in order, with no temp B-tree for the
+    /// ORDER BY (the plan that read every entry of the context and sorted them); on
+    /// both backends it returns exactly the entries of those contexts, in order.
+    #[tokio::test]
+    async fn a_page_filtered_by_source_context_walks_the_index_in_order() {
+        let test_db = tenure_platform::testing::TestDb::new().await.unwrap();
+        let db = test_db.connect_context(crate::PREFIX).await.unwrap();
+        db.migrate(crate::schema::migrations(db.backend()))
+            .await
+            .unwrap();
+        const CONTEXTS: [&str; 4] = ["assignments", "activation", "reviews", "notifications"];
+        // Irregularly interleaved, as consumers of four streams append them.
+        let context_of = |i: i64| CONTEXTS[usize::try_from((i * 7 + i / 3) % 4).unwrap()];
+        let n = 2000i64;
+        let mut tx = db.begin().await.unwrap();
+        for chunk in (1..=n).collect::<Vec<_>>().chunks(200) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|k| {
+                    let b = k * 4;
+                    format!(
+                        "(${}, 0, 'a', 'X', 'x', '', '', '', '', ${}, ${}, 1, 'h', ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO notifications_audit (sequence, occurred_at, actor_id, action, full_action, \
+                 target_principal_id, role_id, scope_id, request_id, source_context, source_sequence, result, hash, body) \
+                 VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for i in chunk {
+                let e = pb::AuditEntry {
+                    sequence: *i,
+                    source_context: context_of(*i).into(),
+                    source_sequence: *i,
+                    ..Default::default()
+                };
+                q = q
+                    .bind(*i)
+                    .bind(context_of(*i))
+                    .bind(*i)
+                    .bind(e.encode_to_vec());
+            }
+            q.execute(&mut *tx).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        let on_sqlite = db.backend() == tenure_platform::db::Backend::Sqlite;
+        let shapes: [(&[&str], bool); 5] = [
+            (&["activation"], false),
+            (&["activation"], true),
+            (&["reviews", "activation"], false),
+            (&["reviews", "activation", "activation"], true),
+            (&CONTEXTS, false),
+        ];
+        for (contexts, newest_first) in shapes {
+            let f = pb::AuditFilter {
+                source_contexts: contexts.iter().map(|c| (*c).to_owned()).collect(),
+                ..Default::default()
+            };
+            let w = build_filter(&f, "me").unwrap();
+            let (extra, order) = if newest_first {
+                (" AND sequence < ?", "DESC")
+            } else {
+                (" AND sequence > ?", "ASC")
+            };
+            let mut expected: Vec<i64> = (1..=n)
+                .filter(|i| contexts.contains(&context_of(*i)))
+                .collect();
+            if newest_first {
+                expected.reverse();
+            }
+            // Paged as QueryAudit pages, 150 at a time.
+            let mut got = Vec::new();
+            let mut cursor = if newest_first { n + 1 } else { 0 };
+            loop {
+                let page = fetch(&db, &w, extra, &[cursor], order, 150).await.unwrap();
+                let Some(last) = page.last() else { break };
+                cursor = last.sequence;
+                assert!(
+                    page.iter()
+                        .all(|e| contexts.contains(&e.source_context.as_str()))
+                );
+                got.extend(page.iter().map(|e| e.sequence));
+            }
+            assert_eq!(got, expected, "{contexts:?} newest first {newest_first}");
+            // As ExportAudit reads: after a sequence, up to its snapshot.
+            let export = fetch(
+                &db,
+                &w,
+                " AND sequence > ? AND sequence <= ?",
+                &[100, 1100],
+                "ASC",
+                5000,
+            )
+            .await
+            .unwrap();
+            let want: Vec<i64> = (101..=1100)
+                .filter(|i| contexts.contains(&context_of(*i)))
+                .collect();
+            assert_eq!(export.iter().map(|e| e.sequence).collect::<Vec<_>>(), want);
+            if !on_sqlite {
+                continue;
+            }
+            for (extra, binds, order) in [
+                (extra, &[cursor][..], order),
+                (" AND sequence > ? AND sequence <= ?", &[0, n][..], "ASC"),
+            ] {
+                let sql = format!(
+                    "EXPLAIN QUERY PLAN {}",
+                    page_sql(&w, extra, binds.len(), order)
+                );
+                let plan: Vec<String> = bound(&sql, &w, binds, 150)
+                    .fetch_all(db.reader())
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("detail").unwrap())
+                    .collect();
+                assert!(
+                    !plan.iter().any(|d| d.contains("TEMP B-TREE")),
+                    "{contexts:?}: {plan:?}"
+                );
+                assert!(
+                    plan.iter()
+                        .any(|d| d.contains("USING INDEX notifications_audit_context")),
+                    "{contexts:?}: {plan:?}"
+                );
+            }
+        }
+    }
+
+    /// The export's chunks: whole rows, header first, at most 64 KiB each unless one
+    /// row alone is larger, counted right, and together the whole CSV.
+    #[test]
+    fn export_chunks_are_whole_rows_of_at_most_64_kib() {
+        let entries: Vec<pb::AuditEntry> = (1..=2000)
+            .map(|i| pb::AuditEntry {
+                sequence: i,
+                action: "RequestApproved".into(),
+                // Now and then a long justification, twice one longer than a chunk.
+                justification: match i {
+                    700 | 1500 => "x".repeat(100 * 1024),
+                    _ if i % 97 == 0 => "why, \"really\"\n".repeat(500),
+                    _ => "month-end".into(),
+                },
+                hash: format!("{i:064x}"),
+                ..Default::default()
+            })
+            .collect();
+        let mut chunks = Vec::new();
+        let mut c = Chunks::new();
+        for e in &entries {
+            let (a, b) = c.push(e);
+            chunks.extend(a.into_iter().chain(b));
+        }
+        chunks.extend(c.finish());
+        let mut whole = Vec::new();
+        rules::write_csv_header(&mut whole);
+        for e in &entries {
+            rules::write_csv_row(&mut whole, e);
+        }
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.csv_chunk.clone()).collect();
+        assert_eq!(joined, whole);
+        assert_eq!(chunks.iter().map(|c| c.row_count).sum::<i32>(), 2000);
+        assert!(chunks[0].csv_chunk.starts_with(b"sequence,"));
+        for c in &chunks {
+            assert!(c.csv_chunk.ends_with(b"\r\n"));
+            assert!(
+                c.csv_chunk.len() <= MAX_CHUNK || c.row_count == 1,
+                "{} bytes in {} rows",
+                c.csv_chunk.len(),
+                c.row_count
+            );
+        }
+        assert_eq!(
+            chunks
+                .iter()
+                .filter(|c| c.csv_chunk.len() > MAX_CHUNK)
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -633,6 +633,67 @@ pub fn evaluate(settings: &pb::AlertSettings, w: &World) -> BTreeMap<String, pb:
     out
 }
 
+/// The most incidents (added and changed incidents and removed ids together) that one
+/// `AlertUpdated` carries; a larger change is split over several events.
+pub const MAX_DELTA: usize = 100;
+
+/// One `AlertUpdated`'s part of a change to an alert's incidents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// Incidents found.
+    pub added: Vec<pb::AlertIncident>,
+    /// Incidents that stand with a changed finding, as they are now.
+    pub changed: Vec<pb::AlertIncident>,
+    /// Ids of incidents that no longer stand.
+    pub removed: Vec<String>,
+}
+
+impl Delta {
+    /// How many items it carries.
+    pub fn len(&self) -> usize {
+        self.added.len() + self.changed.len() + self.removed.len()
+    }
+
+    /// Whether it carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits the change into parts of at most `max` items each (at least one item a
+    /// part): removals first, then changes, then additions. The parts touch distinct
+    /// incidents, so applying them in any order gives the same set. Nothing changed
+    /// gives no parts.
+    pub fn split(self, max: usize) -> Vec<Delta> {
+        let max = max.max(1);
+        if self.len() <= max {
+            return if self.is_empty() { vec![] } else { vec![self] };
+        }
+        let mut parts = Vec::with_capacity(self.len().div_ceil(max));
+        let mut part = Delta::default();
+        let full = |part: &mut Delta, parts: &mut Vec<Delta>| {
+            if part.len() == max {
+                parts.push(std::mem::take(part));
+            }
+        };
+        for id in self.removed {
+            part.removed.push(id);
+            full(&mut part, &mut parts);
+        }
+        for inc in self.changed {
+            part.changed.push(inc);
+            full(&mut part, &mut parts);
+        }
+        for inc in self.added {
+            part.added.push(inc);
+            full(&mut part, &mut parts);
+        }
+        if !part.is_empty() {
+            parts.push(part);
+        }
+        parts
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -870,5 +931,40 @@ mod tests {
             check_thresholds(k, default_thresholds(k).as_ref(), &mut v);
             assert!(v.is_empty(), "defaults of {k:?} are valid");
         }
+    }
+
+    fn inc(id: &str) -> pb::AlertIncident {
+        pb::AlertIncident {
+            id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_large_change_is_split_into_bounded_parts_that_cover_it_once() {
+        let d = Delta {
+            added: (0..150).map(|i| inc(&format!("a{i}"))).collect(),
+            changed: (0..30).map(|i| inc(&format!("c{i}"))).collect(),
+            removed: (0..45).map(|i| format!("r{i}")).collect(),
+        };
+        let parts = d.clone().split(100);
+        assert_eq!(
+            parts.iter().map(Delta::len).collect::<Vec<_>>(),
+            [100, 100, 25]
+        );
+        let mut joined = Delta::default();
+        for p in parts {
+            joined.added.extend(p.added);
+            joined.changed.extend(p.changed);
+            joined.removed.extend(p.removed);
+        }
+        assert_eq!(joined, d);
+        // A small change stays whole; no change gives no event.
+        let small = Delta {
+            added: vec![inc("x")],
+            ..Delta::default()
+        };
+        assert_eq!(small.clone().split(100), vec![small]);
+        assert!(Delta::default().split(100).is_empty());
     }
 }

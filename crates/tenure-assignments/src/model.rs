@@ -247,11 +247,17 @@ impl Model {
 
     /// Adds or replaces a grant.
     pub fn put_grant(&mut self, mut g: GrantEntry) {
-        self.remove_grant(&g.id);
-        g.id = self.intern(&g.id);
         g.principal = self.intern(&g.principal);
         g.role = self.intern(&g.role);
         g.scope = self.intern(&g.scope);
+        self.insert_grant(g);
+    }
+
+    /// Adds or replaces a grant whose principal, role and scope are interned already.
+    /// Its id is not interned: ids are unique, and interned strings are kept for good,
+    /// so interning them only grew the set by every grant ever held.
+    fn insert_grant(&mut self, g: GrantEntry) {
+        self.remove_grant(&g.id);
         self.grant_owner.insert(g.id.clone(), g.principal.clone());
         self.grants.entry(g.principal.clone()).or_default().push(g);
     }
@@ -626,13 +632,16 @@ impl Model {
             self.remove_grant(&a.id);
             return;
         }
-        self.put_grant(GrantEntry {
+        let principal = self.intern(a.principal.as_ref().map_or("", |p| p.id.as_str()));
+        let role = self.intern(a.role.as_ref().map_or("", |r| r.id.as_str()));
+        let scope = self.intern(a.scope.as_ref().map_or("", |s| s.id.as_str()));
+        self.insert_grant(GrantEntry {
             id: Arc::from(a.id.as_str()),
             source: GrantSource::Assignment,
             assignment_type: a.assignment_type(),
-            principal: Arc::from(a.principal.as_ref().map_or("", |p| p.id.as_str())),
-            role: Arc::from(a.role.as_ref().map_or("", |r| r.id.as_str())),
-            scope: Arc::from(a.scope.as_ref().map_or("", |s| s.id.as_str())),
+            principal,
+            role,
+            scope,
             start: micros(a.start_time.as_ref()).unwrap_or(0),
             end: if a.permanent {
                 None
@@ -650,13 +659,16 @@ impl Model {
             self.remove_grant(&i.id);
             return;
         }
-        self.put_grant(GrantEntry {
+        let principal = self.intern(i.principal.as_ref().map_or("", |p| p.id.as_str()));
+        let role = self.intern(i.role.as_ref().map_or("", |r| r.id.as_str()));
+        let scope = self.intern(i.scope.as_ref().map_or("", |s| s.id.as_str()));
+        self.insert_grant(GrantEntry {
             id: Arc::from(i.id.as_str()),
             source: GrantSource::Activation,
             assignment_type: AssignmentType::Active,
-            principal: Arc::from(i.principal.as_ref().map_or("", |p| p.id.as_str())),
-            role: Arc::from(i.role.as_ref().map_or("", |r| r.id.as_str())),
-            scope: Arc::from(i.scope.as_ref().map_or("", |s| s.id.as_str())),
+            principal,
+            role,
+            scope,
             start: micros(i.start_time.as_ref()).unwrap_or(0),
             end: micros(i.end_time.as_ref()),
             request_id: (!i.request_id.is_empty()).then(|| Arc::from(i.request_id.as_str())),

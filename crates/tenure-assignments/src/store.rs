@@ -310,30 +310,55 @@ impl NewAssignment {
 
 /// Inserts a schedule.
 pub async fn insert_assignment(uow: &mut Uow, a: &NewAssignment) -> ApiResult<()> {
+    insert_assignments(uow, std::slice::from_ref(a)).await
+}
+
+/// Rows per multi-row INSERT of schedules (14 values each, well below the bind limits
+/// of SQLite and PostgreSQL).
+const INSERT_CHUNK: usize = 200;
+
+/// Inserts schedules, several rows per statement.
+pub async fn insert_assignments(uow: &mut Uow, all: &[NewAssignment]) -> ApiResult<()> {
+    const COLUMNS: usize = 14;
     let now = uow.now();
-    let r = a.to_row(now);
-    sqlx::query(
-        "INSERT INTO assignments_assignments (id, assignment_type, principal_id, role_id, scope_id, start_at, end_at, \
-         justification, ticket_number, ticket_system, created_by, created_at, updated_by, updated_at, removal_reason, \
-         removed_at, expired_processed, version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, NULL, 0, 1)",
-    )
-    .bind(&r.id)
-    .bind(i64::from(r.assignment_type))
-    .bind(&r.principal_id)
-    .bind(&r.role_id)
-    .bind(&r.scope_id)
-    .bind(r.start_at)
-    .bind(r.end_at)
-    .bind(&r.justification)
-    .bind(&r.ticket_number)
-    .bind(&r.ticket_system)
-    .bind(&r.created_by)
-    .bind(r.created_at)
-    .bind(&r.updated_by)
-    .bind(r.updated_at)
-    .execute(&mut **uow.tx())
-    .await?;
+    for chunk in all.chunks(INSERT_CHUNK) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = i * COLUMNS;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, NULL, 0, 1)",
+                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7,
+                    b + 8, b + 9, b + 10, b + 11, b + 12, b + 13, b + 14
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO assignments_assignments (id, assignment_type, principal_id, role_id, scope_id, start_at, end_at, \
+             justification, ticket_number, ticket_system, created_by, created_at, updated_by, updated_at, removal_reason, \
+             removed_at, expired_processed, version) VALUES {values}"
+        );
+        let rows: Vec<AssignmentRow> = chunk.iter().map(|a| a.to_row(now)).collect();
+        let mut q = sqlx::query(&sql);
+        for r in &rows {
+            q = q
+                .bind(&r.id)
+                .bind(i64::from(r.assignment_type))
+                .bind(&r.principal_id)
+                .bind(&r.role_id)
+                .bind(&r.scope_id)
+                .bind(r.start_at)
+                .bind(r.end_at)
+                .bind(&r.justification)
+                .bind(&r.ticket_number)
+                .bind(&r.ticket_system)
+                .bind(&r.created_by)
+                .bind(r.created_at)
+                .bind(&r.updated_by)
+                .bind(r.updated_at);
+        }
+        q.execute(&mut **uow.tx()).await?;
+    }
     Ok(())
 }
 

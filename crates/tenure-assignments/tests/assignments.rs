@@ -534,3 +534,301 @@ async fn update_changes_the_window_with_a_mask_and_checks_the_etag() {
     );
     h.stop().await;
 }
+
+fn item(t: AssignmentType, principal: &str, role: &str, scope: &str) -> pb::CreateAssignmentsItem {
+    pb::CreateAssignmentsItem {
+        assignment_type: t.into(),
+        principal_id: principal.into(),
+        role_id: role.into(),
+        scope_id: scope.into(),
+        justification: "tenant import".into(),
+        ..Default::default()
+    }
+}
+
+fn batch(items: Vec<pb::CreateAssignmentsItem>) -> pb::CreateAssignmentsRequest {
+    pb::CreateAssignmentsRequest {
+        items,
+        ..Default::default()
+    }
+}
+
+async fn assignment_count(h: &Harness) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM assignments_assignments")
+        .fetch_one(h.core().db.reader())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_batch_creates_every_assignment_in_order_with_its_event_and_grants_at_once() {
+    let h = Harness::start().await;
+    let ids: Vec<String> = (0..500).map(|i| format!("u{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    h.seed_users(&refs).await;
+    h.seed_scope("/subscriptions/s1", "/", ScopeType::Subscription)
+        .await;
+    // 1,000 items, the most one call takes: each user active as contributor at the
+    // subscription and eligible as reader at "/".
+    let mut items = Vec::new();
+    for id in &ids {
+        items.push(item(
+            AssignmentType::Active,
+            id,
+            "contributor",
+            "/subscriptions/s1",
+        ));
+        items.push(item(AssignmentType::Eligible, id, "reader", "/"));
+    }
+    let before = assignment_count(&h).await;
+    let head = h.core().log.head();
+    let created = h
+        .assignments()
+        .create_assignments(h.req_mfa(ADMIN, batch(items.clone())))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignments;
+    assert_eq!(created.len(), 1000);
+    for (a, it) in created.iter().zip(&items) {
+        assert_eq!(a.principal.as_ref().unwrap().id, it.principal_id);
+        assert_eq!(a.role.as_ref().unwrap().id, it.role_id);
+        assert_eq!(a.scope.as_ref().unwrap().id, it.scope_id);
+        assert_eq!(a.assignment_type, it.assignment_type);
+        assert_eq!(a.status(), pb::AssignmentStatus::InEffect);
+        assert_eq!(a.created_by, ADMIN);
+    }
+    assert_eq!(assignment_count(&h).await, before + 1000);
+    // One AssignmentCreated per assignment, in the order of the items.
+    let events = h.events_after(head).await;
+    assert_eq!(events.len(), 1000);
+    for (e, a) in events.iter().zip(&created) {
+        match e.payload.as_ref().unwrap() {
+            pb::event::Payload::AssignmentCreated(c) => {
+                assert_eq!(c.assignment.as_ref().unwrap().id, a.id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(e.meta.as_ref().unwrap().actor, ADMIN);
+    }
+    // The access query allows each active assignment right after the reply; the
+    // eligible ones grant nothing until activated.
+    for id in ["u000", "u123", "u499"] {
+        assert!(
+            h.allowed(id, "contributor", "/subscriptions/s1").await,
+            "{id}"
+        );
+        assert!(!h.allowed(id, "reader", "/").await, "{id} is only eligible");
+    }
+    // Each assignment is stored as the reply says.
+    let got = h
+        .assignments()
+        .get_assignment(h.req(
+            ADMIN,
+            pb::GetAssignmentRequest {
+                id: created[777].id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .assignment
+        .unwrap();
+    assert_eq!(got, created[777]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_item_creates_nothing_and_names_the_item() {
+    let h = Harness::start().await;
+    h.seed_users(&["ferry", "kenneth", "carol", "dave"]).await;
+    h.seed_scope("/subscriptions/s1", "/", ScopeType::Subscription)
+        .await;
+    h.assign(AssignmentType::Eligible, "dave", BILLING, "/")
+        .await;
+    let good = || {
+        vec![
+            item(AssignmentType::Eligible, "ferry", BILLING, "/"),
+            item(
+                AssignmentType::Active,
+                "kenneth",
+                "reader",
+                "/subscriptions/s1",
+            ),
+            item(
+                AssignmentType::Eligible,
+                "carol",
+                "owner",
+                "/subscriptions/s1",
+            ),
+            item(AssignmentType::Active, "carol", "reader", "/"),
+        ]
+    };
+    let before = assignment_count(&h).await;
+    let head = h.core().log.head();
+    let call = |items: Vec<pb::CreateAssignmentsItem>| {
+        let h = &h;
+        async move {
+            h.assignments()
+                .create_assignments(h.req_mfa(ADMIN, batch(items)))
+                .await
+        }
+    };
+
+    // An unknown role in the fourth item.
+    let mut items = good();
+    items[3].role_id = "no-such-role".into();
+    assert_status(call(items).await, Code::NotFound, "items[3].role_id");
+    // An unknown principal, and an unknown scope.
+    let mut items = good();
+    items[1].principal_id = "nobody".into();
+    assert_status(call(items).await, Code::NotFound, "items[1].principal_id");
+    let mut items = good();
+    items[2].scope_id = "/nowhere".into();
+    assert_status(call(items).await, Code::NotFound, "items[2].scope_id");
+    // Bad fields of several items are reported together, each with its index.
+    let mut items = good();
+    items[0].assignment_type = AssignmentType::Unspecified.into();
+    items[2].schedule = Some(pb::ScheduleInput {
+        start_time: None,
+        expiration: Some(pb::schedule_input::Expiration::Duration(
+            prost_types::Duration {
+                seconds: 400 * 86400,
+                nanos: 0,
+            },
+        )),
+    });
+    items[3].justification = " ".into();
+    let s = assert_status(
+        call(items).await,
+        Code::InvalidArgument,
+        "items[0].assignment_type",
+    );
+    assert!(s.message().contains("items[2].schedule.end_time"), "{s:?}");
+    assert!(s.message().contains("items[3].justification"), "{s:?}");
+    // A directory role at a resource scope.
+    let mut items = good();
+    items[1].role_id = BILLING.into();
+    assert_status(
+        call(items).await,
+        Code::InvalidArgument,
+        "items[1].scope_id",
+    );
+    // The lowest-index bad item decides the code.
+    let mut items = good();
+    items[1].role_id = "no-such-role".into();
+    items[2].assignment_type = 0;
+    assert_status(call(items).await, Code::NotFound, "items[1].role_id");
+    // Nobody assigns themselves, also not inside a batch.
+    let mut items = good();
+    items[2].principal_id = ADMIN.into();
+    assert_status(
+        call(items).await,
+        Code::PermissionDenied,
+        "items[2].principal_id",
+    );
+    // An item that overlaps a stored assignment, and two items that duplicate each other.
+    let mut items = good();
+    items.push(item(AssignmentType::Eligible, "dave", BILLING, "/"));
+    assert_status(call(items).await, Code::AlreadyExists, "items[4]");
+    let mut items = good();
+    items.push(item(
+        AssignmentType::Active,
+        "kenneth",
+        "reader",
+        "/subscriptions/s1",
+    ));
+    assert_status(
+        call(items).await,
+        Code::InvalidArgument,
+        "overlaps items[1]",
+    );
+
+    assert_eq!(assignment_count(&h).await, before, "nothing was created");
+    assert!(
+        h.events_after(head).await.is_empty(),
+        "a refused batch writes no event"
+    );
+    assert!(!h.allowed("kenneth", "reader", "/subscriptions/s1").await);
+    // The same batch without the bad item goes through whole.
+    let created = call(good()).await.unwrap().into_inner().assignments;
+    assert_eq!(created.len(), 4);
+    assert_eq!(assignment_count(&h).await, before + 4);
+    assert!(h.allowed("kenneth", "reader", "/subscriptions/s1").await);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn batch_size_limits_dry_runs_and_retries() {
+    let h = Harness::start().await;
+    h.seed_users(&["ferry"]).await;
+    let head = h.core().log.head();
+    assert_status(
+        h.assignments()
+            .create_assignments(h.req_mfa(ADMIN, batch(vec![])))
+            .await,
+        Code::InvalidArgument,
+        "items",
+    );
+    let too_many = vec![item(AssignmentType::Eligible, "ferry", BILLING, "/"); 1001];
+    assert_status(
+        h.assignments()
+            .create_assignments(h.req_mfa(ADMIN, batch(too_many)))
+            .await,
+        Code::InvalidArgument,
+        "1 to 1000",
+    );
+    // validate_only checks and answers, writing nothing.
+    let mut r = batch(vec![item(AssignmentType::Eligible, "ferry", BILLING, "/")]);
+    r.validate_only = true;
+    let dry = h
+        .assignments()
+        .create_assignments(h.req_mfa(ADMIN, r))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dry.assignments.len(), 1);
+    assert!(h.events_after(head).await.is_empty());
+    // A retry with the same request_id returns the first result and writes nothing.
+    let mut r = batch(vec![item(AssignmentType::Eligible, "ferry", BILLING, "/")]);
+    r.request_id = "import-1".into();
+    let first = h
+        .assignments()
+        .create_assignments(h.req_mfa(ADMIN, r.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = h
+        .assignments()
+        .create_assignments(h.req_mfa(ADMIN, r))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first, again);
+    assert_eq!(h.events_after(head).await.len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_admin_is_refused_a_batch() {
+    let h = Harness::start().await;
+    h.seed_users(&["ferry", "kenneth"]).await;
+    let head = h.core().log.head();
+    assert_status(
+        h.assignments()
+            .create_assignments(h.req_mfa(
+                "ferry",
+                batch(vec![item(
+                    AssignmentType::Eligible,
+                    "kenneth",
+                    BILLING,
+                    "/",
+                )]),
+            ))
+            .await,
+        Code::PermissionDenied,
+        "items[0].scope_id",
+    );
+    assert!(h.events_after(head).await.is_empty());
+    h.stop().await;
+}

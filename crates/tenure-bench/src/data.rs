@@ -1,7 +1,8 @@
 //! The data set, loaded through the public gRPC API only: principals (users, nested
 //! groups) by `UpsertPrincipals`, group members by `SetGroupMembers`, the scope tree
 //! (management groups → subscriptions → resource groups) by `ImportScopes`, and the
-//! assignments one `CreateAssignment` each, concurrently over every connection.
+//! assignments by `CreateAssignments` (hundreds per call, a few calls in flight over
+//! every connection).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,9 @@ pub const RESOURCE_ROLES: [&str; 4] = [
     "reader",
     "user-access-administrator",
 ];
+
+/// The most assignments one CreateAssignments call takes (the server's limit).
+pub const MAX_PER_CALL: usize = 1000;
 
 /// The role the activation workloads activate (approval-free, no MFA, no justification).
 pub const ACTIVATION_ROLE: &str = "contributor";
@@ -72,17 +76,23 @@ pub struct LoadReport {
     pub groups_s: f64,
     /// ImportScopes, seconds.
     pub scopes_s: f64,
-    /// The access data set's CreateAssignment calls, seconds.
+    /// The access data set's CreateAssignments calls, seconds.
     pub assignments_s: f64,
-    /// CreateAssignment calls per second.
+    /// Assignments created per second (not calls).
     pub assignments_per_s: f64,
-    /// Calls in flight while loading assignments.
-    pub assignments_in_flight: usize,
-    /// CreateAssignment calls that failed.
-    pub assignment_errors: u64,
+    /// Assignments per CreateAssignments call.
+    pub assignments_per_call: usize,
+    /// CreateAssignments calls in flight while loading.
+    pub calls_in_flight: usize,
+    /// CreateAssignments calls made.
+    pub calls: u64,
+    /// CreateAssignments calls that failed (each creates nothing).
+    pub failed_calls: u64,
+    /// Assignments in the failed calls, so not created.
+    pub failed_assignments: u64,
     /// The activators' eligible assignments and the role settings, seconds.
     pub activation_setup_s: f64,
-    /// Server CPU time per CreateAssignment, microseconds.
+    /// Server CPU time per assignment created, microseconds.
     pub server_cpu_us_per_assignment: Option<f64>,
 }
 
@@ -155,6 +165,7 @@ pub async fn load(
     c: &Conns,
     shape: &Shape,
     in_flight: usize,
+    per_call: usize,
     server: Option<&crate::server::Proc>,
 ) -> anyhow::Result<(Dataset, LoadReport)> {
     let mut rep = LoadReport::default();
@@ -241,7 +252,8 @@ pub async fn load(
     rep.scopes_s = t.elapsed().as_secs_f64();
 
     // Assignments: principal p's k-th assignment is at a distinct scope, a resource
-    // role, active or eligible in turn.
+    // role, active or eligible in turn. Batch b holds assignments b·per_call.. of that
+    // order; workers take the next batch until none is left.
     let principals: Arc<Vec<String>> = Arc::new(
         (0..shape.principals)
             .map(|i| {
@@ -256,31 +268,40 @@ pub async fn load(
     let scopes_arc = Arc::new(scope_ids.clone());
     let per_principal = shape.assignments.div_ceil(shape.principals.max(1)).max(1);
     let stride = (scope_ids.len() / per_principal).max(1);
+    let per_call = per_call.clamp(1, MAX_PER_CALL);
     let t = Instant::now();
     let cpu0 = server.and_then(crate::server::Proc::cpu_seconds);
-    let errors = Arc::new(AtomicU64::new(0));
+    let failed_calls = Arc::new(AtomicU64::new(0));
+    let failed_assignments = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let next = Arc::new(AtomicU64::new(0));
-    let total = shape.assignments as u64;
+    let done = Arc::new(AtomicU64::new(0));
+    let total = shape.assignments;
+    let batches = total.div_ceil(per_call) as u64;
     let mut workers = Vec::new();
     for w in 0..in_flight.max(1) {
         let (c, principals, scopes) = (c.clone(), principals.clone(), scopes_arc.clone());
-        let (errors, first_error, next) = (errors.clone(), first_error.clone(), next.clone());
+        let (failed_calls, failed_assignments, first_error) = (
+            failed_calls.clone(),
+            failed_assignments.clone(),
+            first_error.clone(),
+        );
+        let (next, done) = (next.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut client = c.assignments(w);
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= batches {
                     break;
                 }
-                let i = i as usize;
-                let p = i % principals.len();
-                let k = i / principals.len();
-                let scope = &scopes[(p * 7 + k * stride) % scopes.len()];
-                let active = (p + k).is_multiple_of(2);
-                let r = client
-                    .create_assignment(req(
-                        asg::CreateAssignmentRequest {
+                let from = b as usize * per_call;
+                let items: Vec<asg::CreateAssignmentsItem> = (from..(from + per_call).min(total))
+                    .map(|i| {
+                        let p = i % principals.len();
+                        let k = i / principals.len();
+                        let scope = &scopes[(p * 7 + k * stride) % scopes.len()];
+                        let active = (p + k).is_multiple_of(2);
+                        asg::CreateAssignmentsItem {
                             assignment_type: if active {
                                 AssignmentType::Active
                             } else {
@@ -292,17 +313,32 @@ pub async fn load(
                             scope_id: scope.clone(),
                             justification: "benchmark data".into(),
                             ..Default::default()
+                        }
+                    })
+                    .collect();
+                let n = items.len() as u64;
+                let r = client
+                    .create_assignments(req(
+                        asg::CreateAssignmentsRequest {
+                            items,
+                            ..Default::default()
                         },
                         &c.admin,
                     ))
                     .await;
-                if let Err(e) = r {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    let mut f = first_error
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    if f.is_none() {
-                        *f = Some(format!("{:?}: {}", e.code(), e.message()));
+                match r {
+                    Ok(_) => {
+                        done.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed_calls.fetch_add(1, Ordering::Relaxed);
+                        failed_assignments.fetch_add(n, Ordering::Relaxed);
+                        let mut f = first_error
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if f.is_none() {
+                            *f = Some(format!("{:?}: {}", e.code(), e.message()));
+                        }
                     }
                 }
             }
@@ -314,9 +350,9 @@ pub async fn load(
             tokio::time::sleep(Duration::from_millis(100)).await;
             if last_print.elapsed() > Duration::from_secs(10) {
                 last_print = Instant::now();
-                let n = next.load(Ordering::Relaxed).min(total);
+                let n = done.load(Ordering::Relaxed);
                 eprintln!(
-                    "  loading assignments: {n}/{total} ({:.0}/s)",
+                    "  loading assignments: {n}/{total} created ({:.0}/s)",
                     n as f64 / t.elapsed().as_secs_f64()
                 );
             }
@@ -324,11 +360,15 @@ pub async fn load(
         let _ = wk.await;
     }
     rep.assignments_s = t.elapsed().as_secs_f64();
-    rep.assignments_per_s = shape.assignments as f64 / rep.assignments_s.max(1e-9);
-    rep.assignments_in_flight = in_flight;
-    rep.assignment_errors = errors.load(Ordering::Relaxed);
+    rep.assignments_per_s = done.load(Ordering::Relaxed) as f64 / rep.assignments_s.max(1e-9);
+    rep.assignments_per_call = per_call;
+    rep.calls_in_flight = in_flight;
+    rep.calls = batches;
+    rep.failed_calls = failed_calls.load(Ordering::Relaxed);
+    rep.failed_assignments = failed_assignments.load(Ordering::Relaxed);
     if let (Some(a), Some(b)) = (cpu0, server.and_then(crate::server::Proc::cpu_seconds)) {
-        rep.server_cpu_us_per_assignment = Some((b - a) * 1e6 / shape.assignments.max(1) as f64);
+        rep.server_cpu_us_per_assignment =
+            Some((b - a) * 1e6 / done.load(Ordering::Relaxed).max(1) as f64);
     }
     if let Some(e) = first_error
         .lock()
@@ -336,33 +376,36 @@ pub async fn load(
         .clone()
     {
         eprintln!(
-            "  {} CreateAssignment calls failed; first: {e}",
-            rep.assignment_errors
+            "  {} CreateAssignments calls failed ({} assignments not created); first: {e}",
+            rep.failed_calls, rep.failed_assignments
         );
     }
 
     // Activation: approval-free, no MFA, no justification; each activator eligible at "/".
     let t = Instant::now();
     approval_free_activation(c).await?;
-    for chunk in activators.chunks(32) {
-        let futs = chunk.iter().enumerate().map(|(i, a)| {
-            let mut client = c.assignments(i);
-            let r = req(
-                asg::CreateAssignmentRequest {
-                    assignment_type: AssignmentType::Eligible.into(),
-                    principal_id: a.clone(),
-                    role_id: ACTIVATION_ROLE.into(),
-                    scope_id: "/".into(),
-                    justification: "benchmark activator".into(),
+    for chunk in activators.chunks(MAX_PER_CALL) {
+        let items = chunk
+            .iter()
+            .map(|a| asg::CreateAssignmentsItem {
+                assignment_type: AssignmentType::Eligible.into(),
+                principal_id: a.clone(),
+                role_id: ACTIVATION_ROLE.into(),
+                scope_id: "/".into(),
+                justification: "benchmark activator".into(),
+                ..Default::default()
+            })
+            .collect();
+        c.assignments(0)
+            .create_assignments(req(
+                asg::CreateAssignmentsRequest {
+                    items,
                     ..Default::default()
                 },
                 &c.admin,
-            );
-            async move { client.create_assignment(r).await }
-        });
-        for r in futures::future::join_all(futs).await {
-            r.context("CreateAssignment (activator eligibility)")?;
-        }
+            ))
+            .await
+            .context("CreateAssignments (activator eligibilities)")?;
     }
     rep.activation_setup_s = t.elapsed().as_secs_f64();
 

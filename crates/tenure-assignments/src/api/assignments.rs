@@ -1,15 +1,16 @@
 //! `AssignmentsService`: eligible and active assignments made by administrators, and
 //! the instances in effect.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Row as _;
 use tenure_platform::auth::Caller;
 use tenure_platform::clock::{from_proto, to_micros};
-use tenure_platform::events::NewEvent;
+use tenure_platform::events::{NewEvent, UnitOfWork};
 use tenure_platform::grpc::{caller, status};
-use tenure_platform::{ApiError, ApiResult, Violations};
+use tenure_platform::{ApiError, ApiResult, FieldViolation, Violations};
 use tenure_proto::assignments::v1 as pb;
 use tenure_proto::common::v1 as common;
 use tonic::{Request, Response, Status};
@@ -135,13 +136,13 @@ fn require_mfa(core: &Core, caller: &Caller, policy: &AssignmentPolicy) -> ApiRe
     Ok(())
 }
 
-fn assignment_type(v: &mut Violations, t: i32) -> common::AssignmentType {
+fn assignment_type(v: &mut Violations, field: &str, t: i32) -> common::AssignmentType {
     match common::AssignmentType::try_from(t) {
         Ok(common::AssignmentType::Eligible) => common::AssignmentType::Eligible,
         Ok(common::AssignmentType::Active) => common::AssignmentType::Active,
         _ => {
             v.add(
-                "assignment_type",
+                field,
                 "must be ASSIGNMENT_TYPE_ELIGIBLE or ASSIGNMENT_TYPE_ACTIVE",
             );
             common::AssignmentType::Unspecified
@@ -151,13 +152,13 @@ fn assignment_type(v: &mut Violations, t: i32) -> common::AssignmentType {
 
 /// Whether a role may be assigned at a scope: directory roles only at "/"; every role
 /// only within its assignable scopes.
-fn check_role_scope(core: &Core, v: &mut Violations, role_id: &str, scope_id: &str) {
+fn check_role_scope(core: &Core, v: &mut Violations, field: &str, role_id: &str, scope_id: &str) {
     let m = core.model();
     let Some(role) = m.roles.get(role_id) else {
         return;
     };
     if role.kind == pb::RoleKind::Directory && scope_id != "/" {
-        v.add("scope_id", "a directory role can only be assigned at \"/\"");
+        v.add(field, "a directory role can only be assigned at \"/\"");
     }
     drop(m);
     // Assignable scopes are stored on the role row; the catalogue allows "/".
@@ -329,6 +330,165 @@ pub async fn remove_in(
     Ok(ended)
 }
 
+/// The most assignments one CreateAssignments call creates.
+pub const MAX_BATCH: usize = 1000;
+
+/// What CreateAssignment and each item of CreateAssignments ask to create.
+struct CreateInput<'a> {
+    assignment_type: i32,
+    principal_id: &'a str,
+    role_id: &'a str,
+    scope_id: &'a str,
+    schedule: Option<&'a pb::ScheduleInput>,
+    justification: &'a str,
+    ticket: Option<&'a common::TicketInfo>,
+}
+
+impl<'a> From<&'a pb::CreateAssignmentRequest> for CreateInput<'a> {
+    fn from(r: &'a pb::CreateAssignmentRequest) -> Self {
+        Self {
+            assignment_type: r.assignment_type,
+            principal_id: &r.principal_id,
+            role_id: &r.role_id,
+            scope_id: &r.scope_id,
+            schedule: r.schedule.as_ref(),
+            justification: &r.justification,
+            ticket: r.ticket.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a pb::CreateAssignmentsItem> for CreateInput<'a> {
+    fn from(r: &'a pb::CreateAssignmentsItem) -> Self {
+        Self {
+            assignment_type: r.assignment_type,
+            principal_id: &r.principal_id,
+            role_id: &r.role_id,
+            scope_id: &r.scope_id,
+            schedule: r.schedule.as_ref(),
+            justification: &r.justification,
+            ticket: r.ticket.as_ref(),
+        }
+    }
+}
+
+/// Names the field of a batch item an error is about (`at` = "items[3]."); for a single
+/// call (`at` empty) the error is unchanged. Field violations carry their own names.
+fn name_field(e: ApiError, at: &str, field: &str) -> ApiError {
+    if at.is_empty() {
+        return e;
+    }
+    match e {
+        ApiError::NotFound { kind, id } => ApiError::NotFound {
+            kind,
+            id: format!("{at}{field}: {id}"),
+        },
+        ApiError::PermissionDenied(m) => ApiError::PermissionDenied(format!("{at}{field}: {m}")),
+        ApiError::Unauthenticated(m) => ApiError::Unauthenticated(format!("{at}{field}: {m}")),
+        ApiError::InvalidArgument(list) => ApiError::InvalidArgument(
+            list.into_iter()
+                .map(|v| {
+                    let name = if v.field.is_empty() || v.field == field {
+                        format!("{at}{field}")
+                    } else {
+                        format!("{at}{}", v.field)
+                    };
+                    FieldViolation::new(name, v.description)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Whether two windows `[start, end)` (an end of `None` is permanent) overlap.
+fn windows_overlap(a: (i64, Option<i64>), b: (i64, Option<i64>)) -> bool {
+    a.1.is_none_or(|ae| b.0 < ae) && b.1.is_none_or(|be| a.0 < be)
+}
+
+/// Pairs (later, earlier) of inputs of one batch with the same type, principal, role
+/// and scope whose windows overlap.
+fn duplicates_in_batch(news: &[NewAssignment]) -> Vec<(usize, usize)> {
+    let mut by_key: HashMap<(common::AssignmentType, &str, &str, &str), Vec<usize>> =
+        HashMap::with_capacity(news.len());
+    let mut out = Vec::new();
+    for (i, n) in news.iter().enumerate() {
+        let key = (
+            n.assignment_type,
+            n.principal_id.as_str(),
+            n.role_id.as_str(),
+            n.scope_id.as_str(),
+        );
+        let earlier = by_key.entry(key).or_default();
+        let window = (to_micros(n.start), n.end.map(to_micros));
+        if let Some(&j) = earlier.iter().find(|&&j| {
+            windows_overlap(
+                window,
+                (to_micros(news[j].start), news[j].end.map(to_micros)),
+            )
+        }) {
+            out.push((i, j));
+        }
+        earlier.push(i);
+    }
+    out
+}
+
+/// The first new assignment (by index) that overlaps a stored one of the same type,
+/// principal, role and scope, with the stored one's id. One query per 500 principals.
+async fn first_overlap(
+    uow: &mut UnitOfWork<pb::Event>,
+    news: &[NewAssignment],
+) -> ApiResult<Option<(usize, String)>> {
+    let mut principals: Vec<&str> = news.iter().map(|n| n.principal_id.as_str()).collect();
+    principals.sort_unstable();
+    principals.dedup();
+    type Key = (i32, String, String, String);
+    let mut stored: HashMap<Key, Vec<(String, i64, Option<i64>)>> = HashMap::new();
+    for chunk in principals.chunks(store::IN_CHUNK) {
+        let sql = format!(
+            "SELECT id, assignment_type, principal_id, role_id, scope_id, start_at, end_at \
+             FROM assignments_assignments WHERE removed_at IS NULL AND principal_id IN ({})",
+            store::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q.bind(*p);
+        }
+        for r in q.fetch_all(&mut **uow.tx()).await? {
+            let key = (
+                i32::try_from(r.try_get::<i64, _>("assignment_type")?).unwrap_or(0),
+                r.try_get("principal_id")?,
+                r.try_get("role_id")?,
+                r.try_get("scope_id")?,
+            );
+            stored.entry(key).or_default().push((
+                r.try_get("id")?,
+                r.try_get("start_at")?,
+                r.try_get("end_at")?,
+            ));
+        }
+    }
+    for (i, n) in news.iter().enumerate() {
+        let key = (
+            i32::from(n.assignment_type),
+            n.principal_id.clone(),
+            n.role_id.clone(),
+            n.scope_id.clone(),
+        );
+        let window = (to_micros(n.start), n.end.map(to_micros));
+        if let Some((id, _, _)) = stored
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .find(|(_, s, e)| windows_overlap(window, (*s, *e)))
+        {
+            return Ok(Some((i, id.clone())));
+        }
+    }
+    Ok(None)
+}
+
 impl AssignmentsApi {
     /// Whether the caller may read assignments of `principal_id` at `scope_id`.
     fn may_read(&self, caller: &Caller, principal_id: &str, scope_id: &str) -> bool {
@@ -352,110 +512,271 @@ impl AssignmentsApi {
         {
             return Ok(done);
         }
-        let mut v = Violations::new();
-        let t = assignment_type(&mut v, r.assignment_type);
-        v.check(r.principal_id.is_empty(), "principal_id", "is required");
-        v.check(r.role_id.is_empty(), "role_id", "is required");
-        v.check(r.scope_id.is_empty(), "scope_id", "is required");
-        check_text(&mut v, "justification", &r.justification);
-        if let Some(tk) = &r.ticket {
-            check_text(&mut v, "ticket.ticket_number", &tk.ticket_number);
-            check_text(&mut v, "ticket.ticket_system", &tk.ticket_system);
+        let (uow, mut created) = self
+            .create_in(caller, &[CreateInput::from(&r)], false, r.validate_only)
+            .await?;
+        let response = pb::CreateAssignmentResponse {
+            assignment: created.pop(),
+        };
+        self.finish(
+            uow,
+            caller,
+            METHOD,
+            &r.request_id,
+            r.validate_only,
+            response,
+        )
+        .await
+    }
+
+    async fn create_many(
+        &self,
+        caller: &Caller,
+        r: pb::CreateAssignmentsRequest,
+    ) -> ApiResult<pb::CreateAssignmentsResponse> {
+        const METHOD: &str = "CreateAssignments";
+        if let Some(done) = self
+            .core
+            .replay(METHOD, &r.request_id, &caller.principal_id)
+            .await?
+        {
+            return Ok(done);
         }
-        std::mem::take(&mut v).finish()?;
-        self.core.known_principal("principal_id", &r.principal_id)?;
-        self.core.known_role("role_id", &r.role_id)?;
-        self.core.known_scope("scope_id", &r.scope_id)?;
-        self.core
-            .require(caller, "tenure/assignments/write", &r.scope_id)?;
-        if is_self(&self.core, caller, &r.principal_id) {
-            return Err(ApiError::denied(
-                "nobody creates assignments for themselves (or for a group they belong to)",
+        if r.items.is_empty() || r.items.len() > MAX_BATCH {
+            return Err(ApiError::invalid(
+                "items",
+                format!(
+                    "must hold 1 to {MAX_BATCH} assignments; send larger sets in several calls"
+                ),
             ));
         }
-        if !self
-            .core
-            .model()
-            .principals
-            .get(r.principal_id.as_str())
-            .is_some_and(|p| p.enabled)
-        {
-            v.add("principal_id", "the principal is disabled");
-        }
-        check_role_scope(&self.core, &mut v, &r.role_id, &r.scope_id);
-        let policy = assignment_policy(&self.core, &r.role_id, &r.scope_id, t).await?;
-        let now = self.core.clock.now();
-        let (start, end) = resolve_schedule(&mut v, r.schedule.as_ref(), now, &policy);
-        if policy.require_justification && r.justification.trim().is_empty() {
-            v.add(
-                "justification",
-                "is required by the role's settings for active assignments",
-            );
-        }
-        v.finish()?;
-        if t == common::AssignmentType::Active {
-            require_mfa(&self.core, caller, &policy)?;
-        }
-        let new = NewAssignment {
-            id: uuid::Uuid::now_v7().to_string(),
-            assignment_type: t,
-            principal_id: r.principal_id.clone(),
-            role_id: r.role_id.clone(),
-            scope_id: r.scope_id.clone(),
-            start,
-            end,
-            justification: r.justification.trim().to_owned(),
-            ticket: r.ticket.clone(),
-            actor: caller.principal_id.clone(),
-        };
-        let mut uow = self.core.begin().await?;
-        if let Some(id) = overlapping(
-            &mut uow,
-            &Slot {
-                t,
-                principal: &r.principal_id,
-                role: &r.role_id,
-                scope: &r.scope_id,
-                start,
-                end,
-            },
-            None,
+        let inputs: Vec<CreateInput<'_>> = r.items.iter().map(CreateInput::from).collect();
+        let (uow, assignments) = self
+            .create_in(caller, &inputs, true, r.validate_only)
+            .await?;
+        let response = pb::CreateAssignmentsResponse { assignments };
+        self.finish(
+            uow,
+            caller,
+            METHOD,
+            &r.request_id,
+            r.validate_only,
+            response,
         )
-        .await?
-        {
-            uow.rollback().await?;
-            return Err(ApiError::AlreadyExists {
-                kind: "overlapping assignment",
-                id: format!("{id} (extend or update it instead)"),
-            });
-        }
-        let assignment = store::assignment_proto(&self.core, &new.to_row(now), now);
-        let response = pb::CreateAssignmentResponse {
-            assignment: Some(assignment.clone()),
-        };
-        if r.validate_only {
+        .await
+    }
+
+    /// Ends a create call: rolls back a dry run, or remembers the response for
+    /// `request_id` and commits.
+    async fn finish<R: prost::Message>(
+        &self,
+        mut uow: UnitOfWork<pb::Event>,
+        caller: &Caller,
+        method: &str,
+        request_id: &str,
+        validate_only: bool,
+        response: R,
+    ) -> ApiResult<R> {
+        if validate_only {
             uow.rollback().await?;
             return Ok(response);
         }
-        store::insert_assignment(&mut uow, &new).await?;
-        uow.emit(NewEvent::new(
-            pb::AssignmentCreated {
-                assignment: Some(assignment),
-            },
-            &caller.principal_id,
-            &new.id,
-        ));
         self.core
             .remember(
                 &mut uow,
-                METHOD,
-                &r.request_id,
+                method,
+                request_id,
                 &caller.principal_id,
                 &response,
             )
             .await?;
         self.core.commit(uow).await?;
         Ok(response)
+    }
+
+    /// Checks one assignment to create: everything CreateAssignment checks before it
+    /// looks for overlaps in the database, in the same order. `at` prefixes the fields
+    /// errors name: "" for CreateAssignment, "items[3]." for an item of a batch.
+    /// `policies` keeps the role settings already read in this call.
+    async fn check_new(
+        &self,
+        caller: &Caller,
+        r: &CreateInput<'_>,
+        at: &str,
+        now: DateTime<Utc>,
+        policies: &mut HashMap<(String, String, common::AssignmentType), AssignmentPolicy>,
+    ) -> ApiResult<NewAssignment> {
+        let f = |name: &str| format!("{at}{name}");
+        let mut v = Violations::new();
+        let t = assignment_type(&mut v, &f("assignment_type"), r.assignment_type);
+        v.check(r.principal_id.is_empty(), f("principal_id"), "is required");
+        v.check(r.role_id.is_empty(), f("role_id"), "is required");
+        v.check(r.scope_id.is_empty(), f("scope_id"), "is required");
+        check_text(&mut v, &f("justification"), r.justification);
+        if let Some(tk) = r.ticket {
+            check_text(&mut v, &f("ticket.ticket_number"), &tk.ticket_number);
+            check_text(&mut v, &f("ticket.ticket_system"), &tk.ticket_system);
+        }
+        std::mem::take(&mut v).finish()?;
+        let named = |field: &'static str| move |e: ApiError| name_field(e, at, field);
+        self.core
+            .known_principal("principal_id", r.principal_id)
+            .map_err(named("principal_id"))?;
+        self.core
+            .known_role("role_id", r.role_id)
+            .map_err(named("role_id"))?;
+        self.core
+            .known_scope("scope_id", r.scope_id)
+            .map_err(named("scope_id"))?;
+        self.core
+            .require(caller, "tenure/assignments/write", r.scope_id)
+            .map_err(named("scope_id"))?;
+        if is_self(&self.core, caller, r.principal_id) {
+            return Err(name_field(
+                ApiError::denied(
+                    "nobody creates assignments for themselves (or for a group they belong to)",
+                ),
+                at,
+                "principal_id",
+            ));
+        }
+        if !self
+            .core
+            .model()
+            .principals
+            .get(r.principal_id)
+            .is_some_and(|p| p.enabled)
+        {
+            v.add(f("principal_id"), "the principal is disabled");
+        }
+        check_role_scope(&self.core, &mut v, &f("scope_id"), r.role_id, r.scope_id);
+        let key = (r.role_id.to_owned(), r.scope_id.to_owned(), t);
+        let policy = match policies.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = assignment_policy(&self.core, r.role_id, r.scope_id, t)
+                    .await
+                    .map_err(named("role_id"))?;
+                policies.insert(key, p.clone());
+                p
+            }
+        };
+        let mut sv = Violations::new();
+        let (start, end) = resolve_schedule(&mut sv, r.schedule, now, &policy);
+        if let Err(ApiError::InvalidArgument(list)) = sv.finish() {
+            for fv in list {
+                v.add(f(&fv.field), fv.description);
+            }
+        }
+        if policy.require_justification && r.justification.trim().is_empty() {
+            v.add(
+                f("justification"),
+                "is required by the role's settings for active assignments",
+            );
+        }
+        v.finish()?;
+        if t == common::AssignmentType::Active {
+            require_mfa(&self.core, caller, &policy).map_err(named("assignment_type"))?;
+        }
+        Ok(NewAssignment {
+            id: uuid::Uuid::now_v7().to_string(),
+            assignment_type: t,
+            principal_id: r.principal_id.to_owned(),
+            role_id: r.role_id.to_owned(),
+            scope_id: r.scope_id.to_owned(),
+            start,
+            end,
+            justification: r.justification.trim().to_owned(),
+            ticket: r.ticket.cloned(),
+            actor: caller.principal_id.clone(),
+        })
+    }
+
+    /// Checks and writes new assignments in one unit of work with one
+    /// `AssignmentCreated` event each, all or nothing. `batch`: the inputs are the
+    /// items of CreateAssignments, and errors name them by index; the lowest-index bad
+    /// item decides the code, and when that is INVALID_ARGUMENT the bad fields of every
+    /// item are reported together. With `validate_only` nothing is written. Returns the
+    /// unit of work (to commit or roll back) and the assignments in input order.
+    async fn create_in(
+        &self,
+        caller: &Caller,
+        inputs: &[CreateInput<'_>],
+        batch: bool,
+        validate_only: bool,
+    ) -> ApiResult<(UnitOfWork<pb::Event>, Vec<pb::Assignment>)> {
+        let now = self.core.clock.now();
+        let at = |i: usize| {
+            if batch {
+                format!("items[{i}].")
+            } else {
+                String::new()
+            }
+        };
+        let mut policies = HashMap::new();
+        let mut news = Vec::with_capacity(inputs.len());
+        let mut invalid: Vec<FieldViolation> = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            match self
+                .check_new(caller, input, &at(i), now, &mut policies)
+                .await
+            {
+                Ok(n) => news.push(n),
+                Err(ApiError::InvalidArgument(list)) => invalid.extend(list),
+                // A lower-index item was invalid already: that one decides.
+                Err(_) if !invalid.is_empty() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !invalid.is_empty() {
+            return Err(ApiError::InvalidArgument(invalid));
+        }
+        let duplicates = duplicates_in_batch(&news);
+        if !duplicates.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                duplicates
+                    .into_iter()
+                    .map(|(later, earlier)| {
+                        FieldViolation::new(
+                            format!("items[{later}]"),
+                            format!(
+                                "overlaps items[{earlier}]: the same type, principal, role and scope with overlapping windows"
+                            ),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        let mut uow = self.core.begin().await?;
+        if let Some((i, id)) = first_overlap(&mut uow, &news).await? {
+            uow.rollback().await?;
+            return Err(ApiError::AlreadyExists {
+                kind: "overlapping assignment",
+                id: if batch {
+                    format!("{id} (items[{i}]; extend or update it instead)")
+                } else {
+                    format!("{id} (extend or update it instead)")
+                },
+            });
+        }
+        let created: Vec<pb::Assignment> = news
+            .iter()
+            .map(|n| store::assignment_proto(&self.core, &n.to_row(now), now))
+            .collect();
+        if validate_only {
+            return Ok((uow, created));
+        }
+        store::insert_assignments(&mut uow, &news).await?;
+        for (n, a) in news.iter().zip(&created) {
+            uow.emit(NewEvent::new(
+                pb::AssignmentCreated {
+                    assignment: Some(a.clone()),
+                },
+                &caller.principal_id,
+                &n.id,
+            ));
+        }
+        Ok((uow, created))
     }
 
     /// The assignment a change is about, once the caller may change it: it holds
@@ -1148,6 +1469,17 @@ impl pb::assignments_service_server::AssignmentsService for AssignmentsApi {
     ) -> Result<Response<pb::CreateAssignmentResponse>, Status> {
         let caller = caller(&request)?;
         self.create(&caller, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn create_assignments(
+        &self,
+        request: Request<pb::CreateAssignmentsRequest>,
+    ) -> Result<Response<pb::CreateAssignmentsResponse>, Status> {
+        let caller = caller(&request)?;
+        self.create_many(&caller, request.into_inner())
             .await
             .map(Response::new)
             .map_err(status)

@@ -874,6 +874,26 @@ async fn bad_input_is_refused_naming_the_field() {
         Code::InvalidArgument,
         "retention.keep_for",
     );
+    // A retention past any real one (here the largest a Duration holds) is refused: it
+    // once reached the pruning timer and overflowed its arithmetic.
+    for seconds in [i64::MAX, 315_576_000_000] {
+        assert_status(
+            h.audit()
+                .update_audit_retention(h.req(
+                    ADMIN,
+                    pb::UpdateAuditRetentionRequest {
+                        retention: Some(pb::AuditRetention {
+                            keep_for: Some(prost_types::Duration { seconds, nanos: 0 }),
+                            ..Default::default()
+                        }),
+                        request_id: String::new(),
+                    },
+                ))
+                .await,
+            Code::InvalidArgument,
+            "retention.keep_for",
+        );
+    }
     // Who may: Ferry has no reading role.
     assert_status(
         h.audit()

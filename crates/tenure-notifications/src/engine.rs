@@ -1434,7 +1434,8 @@ impl Engine {
         if keep_for_secs <= 0 {
             return Ok(());
         }
-        let cutoff = to_micros(self.now()) - keep_for_secs * 1_000_000;
+        // Saturating: a retention stored before the API bounded it must not overflow.
+        let cutoff = to_micros(self.now()).saturating_sub(keep_for_secs.saturating_mul(1_000_000));
         let row = sqlx::query(
             "SELECT MAX(sequence) AS up_to, COUNT(*) AS n FROM notifications_audit WHERE occurred_at < $1",
         )

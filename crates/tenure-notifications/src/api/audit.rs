@@ -16,6 +16,9 @@ use crate::api::{READ, WRITE, idempotent, page_size, require};
 use crate::domain::audit as rules;
 use crate::engine::Engine;
 
+/// The longest audit retention accepted: 1,000 years (longer is "keep everything").
+const MAX_RETENTION_SECS: i64 = 1000 * 366 * 86_400;
+
 /// The gRPC adapter.
 #[derive(Clone)]
 pub struct AuditApi {
@@ -608,6 +611,14 @@ impl pb::audit_service_server::AuditService for AuditApi {
                 && (k.seconds < 30 * 86400 || k.nanos != 0)
             {
                 return Err(ApiError::invalid("retention.keep_for", "must be at least 30 days (whole seconds), or unset to keep everything"));
+            }
+            if let Some(k) = &keep
+                && k.seconds > MAX_RETENTION_SECS
+            {
+                return Err(ApiError::invalid(
+                    "retention.keep_for",
+                    "must be at most 1,000 years, or unset to keep everything",
+                ));
             }
             require(&engine, &c, WRITE).await?;
             let before = self.retention().await?;

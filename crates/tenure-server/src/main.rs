@@ -16,7 +16,7 @@ use tenure_server::DevClock;
 
 // mimalloc instead of glibc's malloc: the server's hot paths (gRPC frames, rows, CSV
 // chunks) allocate and free many short-lived buffers across threads, where glibc spent
-// a third of the CSV export in `_int_malloc`/`malloc_consolidate` (a perf profile,
+// about half of the CSV export in `_int_malloc`/`malloc_consolidate` (a perf profile,
 // BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

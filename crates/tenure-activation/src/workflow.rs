@@ -756,9 +756,11 @@ impl Engine {
         let Some(s) = store::get(&self.db, id).await? else {
             return Ok(());
         };
+        // The row just read is the starting version: the transitions below check it
+        // on update instead of reading it again.
         match s.request.status() {
             pb::RequestStatus::PendingApproval => {
-                self.transition(id, "system", |s, now| {
+                self.transition_known(id, Some(s), "system", |s, now| {
                     if s.request.status() != pb::RequestStatus::PendingApproval {
                         return Ok(Vec::new());
                     }
@@ -811,7 +813,7 @@ impl Engine {
                 .await?;
             }
             pb::RequestStatus::Granted => {
-                self.provision(id).await?;
+                self.provision_stored(s).await?;
             }
             _ => {
                 // Nothing due any more: clear the timer.

@@ -1170,6 +1170,75 @@ async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition
     h.stop().await;
 }
 
+/// Evaluations of one alert kind at once (rescans called together, beside the rescan
+/// timer) raise one alert, not one each: each reads "no active alert" and raises
+/// unless evaluations are serialized, which on PostgreSQL takes a lock of its own.
+#[tokio::test]
+async fn concurrent_evaluations_of_one_kind_raise_one_alert() {
+    let (h, _smtp, _hooks) = start().await;
+    h.seed_users(&["ferry"]).await;
+    h.assign(
+        AssignmentType::Eligible,
+        "ferry",
+        "global-administrator",
+        "/",
+    )
+    .await;
+    let signed_in = |days: i64| asg::UpsertPrincipalsRequest {
+        principals: vec![asg::Principal {
+            id: "ferry".into(),
+            r#type: PrincipalType::User.into(),
+            display_name: "Ferry".into(),
+            user_principal_name: "ferry@example.test".into(),
+            last_sign_in_time: Some(tenure_platform::clock::to_proto(
+                t0() + TimeDelta::days(days),
+            )),
+            ..Default::default()
+        }],
+        request_id: String::new(),
+    };
+    let stale = pb::AlertKind::PotentialStaleAccounts;
+    // Raised once and resolved once, so the projection is known to hold Ferry's
+    // sign-in at day 31 before the race below.
+    h.principals()
+        .upsert_principals(h.req(ADMIN, signed_in(0)))
+        .await
+        .unwrap();
+    h.clock.set(t0() + TimeDelta::days(31));
+    wait_alert(&h, stale, pb::AlertStatus::Active).await;
+    h.principals()
+        .upsert_principals(h.req(ADMIN, signed_in(31)))
+        .await
+        .unwrap();
+    wait_alert(&h, stale, pb::AlertStatus::Resolved).await;
+    // Stale again: eight rescans at once, beside the rescan timer.
+    h.clock.set(t0() + TimeDelta::days(62));
+    let rescans = (0..8).map(|_| {
+        let mut alerts = h.alerts();
+        let req = h.req(
+            ADMIN,
+            pb::RescanAlertsRequest {
+                kinds: vec![stale.into()],
+            },
+        );
+        async move { alerts.rescan_alerts(req).await }
+    });
+    let raised: i32 = futures::future::join_all(rescans)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().into_inner().raised_count)
+        .sum();
+    let active: Vec<pb::Alert> = alerts_of(&h, stale)
+        .await
+        .into_iter()
+        .filter(|a| a.status() == pb::AlertStatus::Active)
+        .collect();
+    assert_eq!(active.len(), 1, "one active alert of the kind: {active:?}");
+    assert_eq!(active[0].incident_count, 1);
+    assert!(raised <= 1, "{raised} rescans each raised it");
+    h.stop().await;
+}
+
 async fn create_hook(h: &Harness, url: &str, secret: &str) -> pb::Webhook {
     h.notifications()
         .create_webhook(h.req(

@@ -170,6 +170,17 @@ pub fn default_notification_settings(c: &NotificationsConfig) -> pb::Notificatio
     }
 }
 
+/// The lock every alert evaluation and dismissal holds for its transaction. Reconciling
+/// reads the active alert of a kind and then raises, updates or resolves it; two
+/// evaluations at once (an API call and the consumer, or two replicas on PostgreSQL)
+/// could otherwise both raise the same alert, or one overwrite what the other wrote.
+/// One lock for all kinds, not one per kind: a unit of work that evaluates several
+/// kinds cannot then take two locks in an order another unit reverses. A unit that
+/// writes marks in `notifications_alert_dirty` takes it, if at all, before it writes
+/// them (marks are written last, in [`Engine::finish`]), and
+/// [`Engine::evaluate_marked`] takes it before it claims one: one order everywhere.
+const ALERTS_LOCK: &str = "alerts";
+
 impl Engine {
     /// Now.
     pub fn now(&self) -> DateTime<Utc> {
@@ -392,6 +403,7 @@ impl Engine {
 
     /// Evaluates `kinds` in `uow` and reconciles their alerts.
     pub async fn evaluate(&self, uow: &mut Uow, kinds: &[pb::AlertKind]) -> ApiResult<Counts> {
+        uow.lock(ALERTS_LOCK).await?;
         let now = self.now();
         let world = project::world(uow.tx(), now).await?;
         let mut counts = Counts::default();
@@ -418,6 +430,7 @@ impl Engine {
         principal_id: &str,
         role_id: &str,
     ) -> ApiResult<Counts> {
+        uow.lock(ALERTS_LOCK).await?;
         let now = self.now();
         let world = project::world_of(uow.tx(), now, principal_id, role_id).await?;
         let mut keys: BTreeSet<String> = world
@@ -495,6 +508,9 @@ impl Engine {
             w
         };
         let mut uow = self.log.begin().await?;
+        // Before the marks: every writer takes this lock before it writes a mark, so
+        // taking it after claiming one could wait on a writer that waits on us.
+        uow.lock(ALERTS_LOCK).await?;
         let mut kinds = Vec::new();
         for row in rows {
             let k: i64 = row.try_get("kind")?;
@@ -830,6 +846,7 @@ impl Engine {
         id: &str,
         reason: &str,
     ) -> ApiResult<pb::Alert> {
+        uow.lock(ALERTS_LOCK).await?;
         let row = sqlx::query("SELECT body FROM notifications_alerts WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut **uow.tx())

@@ -594,6 +594,23 @@ impl<E: EventEnvelope> UnitOfWork<E> {
         self.cache.get::<T>()
     }
 
+    /// Holds the lock `name` (of this log's context) until the unit commits or rolls
+    /// back, against every other unit of work, in this process or another replica,
+    /// that asks for it. For a read-then-write that no row lock covers (an alert that
+    /// may not exist yet: two evaluations must not both raise it). On PostgreSQL a
+    /// transaction-scoped advisory lock; on SQLite nothing is needed, since the single
+    /// writer connection already runs one write transaction at a time.
+    pub async fn lock(&mut self, name: &str) -> Result<(), ApiError> {
+        if self.log.inner.db.backend() == Backend::Postgres {
+            // The function returns `void`, which the Any driver cannot decode: count it.
+            sqlx::query("SELECT count(*) FROM (SELECT pg_advisory_xact_lock($1)) AS held")
+                .bind(lock_key(&self.log.inner.prefix, name))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// How many events are queued.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -651,6 +668,17 @@ impl<E: EventEnvelope> UnitOfWork<E> {
         self.tx.rollback().await?;
         Ok(())
     }
+}
+
+/// The advisory lock number of `name` in the context `prefix`: FNV-1a over both, so
+/// every replica computes the same number.
+fn lock_key(prefix: &str, name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prefix.bytes().chain([b'.']).chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
 }
 
 /// Tells other processes (replicas) that the log moved, off the caller's path and at

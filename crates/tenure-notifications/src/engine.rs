@@ -49,11 +49,50 @@ struct Marks(BTreeSet<i64>);
 
 /// The audit chain's head as this unit of work moves it: read (and, on PostgreSQL,
 /// locked) by the first entry, advanced in memory by the next ones, and written back
-/// once by [`Engine::flush_audit`] before the unit commits.
+/// once by [`Engine::flush_audit`] before the unit commits, with the entries it
+/// appended (multi-row INSERTs: on PostgreSQL every statement is a round trip).
 #[derive(Default)]
 struct AuditChain {
     head: Option<(i64, String)>,
     dirty: bool,
+    rows: Vec<AuditRow>,
+}
+
+/// One audit entry's columns, as [`Engine::flush_audit`] inserts them.
+struct AuditRow {
+    sequence: i64,
+    occurred: i64,
+    actor_id: String,
+    action: String,
+    full_action: String,
+    target_principal_id: String,
+    role_id: String,
+    scope_id: String,
+    request_id: String,
+    source_context: String,
+    source_sequence: i64,
+    result: i64,
+    hash: String,
+    body: Vec<u8>,
+}
+
+/// Audit entries per INSERT statement (14 parameters each: 448, well under both
+/// backends' limits).
+const AUDIT_ROWS_PER_INSERT: usize = 32;
+
+fn audit_insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (1..=14).map(|c| format!("${}", r * 14 + c)).collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO notifications_audit (sequence, occurred_at, actor_id, action, full_action, \
+         target_principal_id, role_id, scope_id, request_id, source_context, source_sequence, result, hash, body) \
+         VALUES {}",
+        values.join(", ")
+    )
 }
 
 fn decode<M: prost::Message + Default>(b: &[u8]) -> ApiResult<M> {
@@ -351,30 +390,29 @@ impl Engine {
             .as_ref()
             .and_then(from_proto)
             .map_or(0, to_micros);
-        sqlx::query(
-            "INSERT INTO notifications_audit (sequence, occurred_at, actor_id, action, full_action, \
-             target_principal_id, role_id, scope_id, request_id, source_context, source_sequence, result, hash, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(seq)
-        .bind(occurred)
-        .bind(&meta.actor)
-        .bind(&e.action)
-        .bind(&meta.r#type)
-        .bind(e.target_principal.as_ref().map_or("", |p| p.id.as_str()))
-        .bind(e.role.as_ref().map_or("", |p| p.id.as_str()))
-        .bind(e.scope.as_ref().map_or("", |p| p.id.as_str()))
-        .bind(&e.request_id)
-        .bind(&e.source_context)
-        .bind(e.source_sequence)
-        .bind(i64::from(e.result))
-        .bind(&e.hash)
-        .bind(e.encode_to_vec())
-        .execute(&mut **uow.tx())
-        .await?;
+        let row = AuditRow {
+            sequence: seq,
+            occurred,
+            actor_id: meta.actor.clone(),
+            action: e.action.clone(),
+            full_action: meta.r#type.clone(),
+            target_principal_id: e
+                .target_principal
+                .as_ref()
+                .map_or_else(String::new, |p| p.id.clone()),
+            role_id: e.role.as_ref().map_or_else(String::new, |p| p.id.clone()),
+            scope_id: e.scope.as_ref().map_or_else(String::new, |p| p.id.clone()),
+            request_id: e.request_id.clone(),
+            source_context: e.source_context.clone(),
+            source_sequence: e.source_sequence,
+            result: i64::from(e.result),
+            hash: e.hash.clone(),
+            body: e.encode_to_vec(),
+        };
         let chain = uow.cache::<AuditChain>();
         chain.head = Some((seq, e.hash));
         chain.dirty = true;
+        chain.rows.push(row);
         Ok(())
     }
 
@@ -386,9 +424,32 @@ impl Engine {
             return Ok(());
         }
         chain.dirty = false;
+        let rows = std::mem::take(&mut chain.rows);
         let Some((seq, hash)) = chain.head.clone() else {
             return Ok(());
         };
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let sql = audit_insert_sql(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.sequence)
+                    .bind(r.occurred)
+                    .bind(r.actor_id.as_str())
+                    .bind(r.action.as_str())
+                    .bind(r.full_action.as_str())
+                    .bind(r.target_principal_id.as_str())
+                    .bind(r.role_id.as_str())
+                    .bind(r.scope_id.as_str())
+                    .bind(r.request_id.as_str())
+                    .bind(r.source_context.as_str())
+                    .bind(r.source_sequence)
+                    .bind(r.result)
+                    .bind(r.hash.as_str())
+                    .bind(r.body.as_slice());
+            }
+            q.execute(&mut **uow.tx()).await?;
+        }
         sqlx::query(
             "UPDATE notifications_audit_head SET last_sequence = $1, last_hash = $2 WHERE id = 1",
         )
@@ -464,7 +525,7 @@ impl Engine {
     }
 
     /// Writes what a unit of work kept for its end: the alert kinds it marked (in one
-    /// statement) and the audit chain's head. The consumers call it once per batch,
+    /// statement), the audit entries it appended and the audit chain's head. The consumers call it once per batch,
     /// before the commit.
     pub async fn finish(&self, uow: &mut Uow) -> ApiResult<()> {
         let kinds = std::mem::take(&mut uow.cache::<Marks>().0);

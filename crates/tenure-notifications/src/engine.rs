@@ -805,6 +805,14 @@ impl Engine {
                         Some(old) => {
                             inc.id.clone_from(&old.id);
                             inc.first_seen_time = old.first_seen_time;
+                            inc.last_seen_time = old.last_seen_time;
+                            // An incident found as it was stored is not written again:
+                            // a rescan of an alert with tens of thousands of incidents
+                            // would otherwise rewrite every one of them, holding the
+                            // (on SQLite, only) writer for the whole pass.
+                            if inc == *old {
+                                continue;
+                            }
                             inc.last_seen_time = Some(nowp);
                             self.store_incident(uow.tx(), &alert.id, &key, &inc).await?;
                             if old.detail != inc.detail || old.request_ids != inc.request_ids {

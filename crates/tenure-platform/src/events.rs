@@ -47,6 +47,9 @@ use crate::trace::TraceContext;
 const RING_CAPACITY: usize = 8192;
 /// How many rows one database read returns at most.
 const PAGE: i64 = 1000;
+/// The columns an event is read back from ([`decode_row`]).
+const EVENT_COLUMNS: &str = "sequence, id, event_type, occurred_at, actor, subject, \
+     correlation_id, traceparent, tracestate, payload";
 /// How often the tailer looks for new rows without being woken (a fallback only).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -207,8 +210,7 @@ impl<E: EventEnvelope> EventLog<E> {
                 .map(|n| insert_sql(prefix, n))
                 .collect(),
                 sql_after: format!(
-                    "SELECT sequence, id, event_type, occurred_at, actor, subject, \
-                     correlation_id, traceparent, tracestate, payload FROM {prefix}_events \
+                    "SELECT {EVENT_COLUMNS} FROM {prefix}_events \
                      WHERE sequence > $1 ORDER BY sequence LIMIT $2"
                 ),
                 prefix: prefix.to_owned(),
@@ -371,6 +373,39 @@ impl<E: EventEnvelope> EventLog<E> {
         rows.iter().map(decode_row::<E>).collect()
     }
 
+    /// Reads up to `limit` committed events after `after` and at most `upto` whose type
+    /// may pass `filter` (a non-empty one), in sequence order: the filter is applied in
+    /// the database, so a subscriber of a few event types far behind the head does not
+    /// read and decode every other event of the log on its way. The match in SQL may be
+    /// wider than the filter's (`LIKE` treats `_` as a wildcard; SQLite's ignores case):
+    /// the caller still applies [`TypeFilter::accepts`].
+    async fn read_matching(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: i64,
+        filter: &TypeFilter,
+    ) -> anyhow::Result<Vec<E>> {
+        let mut terms = Vec::with_capacity(filter.0.len());
+        for i in 0..filter.0.len() {
+            let n = 3 + 2 * i;
+            terms.push(format!("event_type = ${n} OR event_type LIKE ${}", n + 1));
+        }
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM {}_events \
+             WHERE sequence > $1 AND sequence <= $2 AND ({}) ORDER BY sequence LIMIT ${}",
+            self.inner.prefix,
+            terms.join(" OR "),
+            3 + 2 * filter.0.len()
+        );
+        let mut q = sqlx::query(&sql).bind(after).bind(upto);
+        for name in &filter.0 {
+            q = q.bind(name.as_str()).bind(format!("%.{name}"));
+        }
+        let rows = q.bind(limit).fetch_all(self.inner.db.reader()).await?;
+        rows.iter().map(decode_row::<E>).collect()
+    }
+
     /// Events after `after` from the ring, or `None` when the ring does not reach back
     /// that far (the caller then reads the database).
     async fn recent_from_ring(&self, after: i64, max: usize) -> Option<Vec<Arc<E>>> {
@@ -411,8 +446,21 @@ impl<E: EventEnvelope> EventLog<E> {
                     }
                     continue;
                 }
+                // With a filter, a read from the database returns only what may pass;
+                // a page that is not full has looked at everything up to `head`.
+                let mut scanned_to = None;
                 let batch: Vec<Arc<E>> = match log.recent_from_ring(cursor, 512).await {
                     Some(b) if !b.is_empty() => b,
+                    _ if !filter.0.is_empty() => {
+                        let rows = log
+                            .read_matching(cursor, head, PAGE, &filter)
+                            .await
+                            .map_err(ApiError::Internal)?;
+                        if (rows.len() as i64) < PAGE {
+                            scanned_to = Some(head);
+                        }
+                        rows.into_iter().map(Arc::new).collect()
+                    }
                     _ => log
                         .read_after(cursor, PAGE)
                         .await
@@ -430,6 +478,9 @@ impl<E: EventEnvelope> EventLog<E> {
                     if filter.accepts(e.as_ref()) {
                         yield e;
                     }
+                }
+                if let Some(h) = scanned_to {
+                    cursor = cursor.max(h);
                 }
             }
         }

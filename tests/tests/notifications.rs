@@ -1103,12 +1103,8 @@ async fn wait_alert(h: &Harness, kind: pb::AlertKind, status: pb::AlertStatus) -
     );
 }
 
-/// Nothing happens but time: the rescan timer raises "potential stale accounts" once
-/// Ferry has not signed in for 30 days; his next sign-in clears it and the alert
-/// resolves itself.
-#[tokio::test]
-async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition_resolves_it() {
-    let (h, _smtp, _hooks) = start().await;
+/// Ferry, eligible Global Administrator at `/`.
+async fn eligible_ferry(h: &Harness) {
     h.seed_users(&["ferry"]).await;
     h.assign(
         AssignmentType::Eligible,
@@ -1117,21 +1113,37 @@ async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition
         "/",
     )
     .await;
-    let signed_in = |at: chrono::DateTime<chrono::Utc>| asg::UpsertPrincipalsRequest {
-        principals: vec![asg::Principal {
-            id: "ferry".into(),
-            r#type: PrincipalType::User.into(),
-            display_name: "Ferry".into(),
-            user_principal_name: "ferry@example.test".into(),
-            last_sign_in_time: Some(tenure_platform::clock::to_proto(at)),
-            ..Default::default()
-        }],
-        request_id: String::new(),
-    };
+}
+
+/// The identity provider's sync reports Ferry's last sign-in at `at`.
+async fn ferry_signs_in(h: &Harness, at: chrono::DateTime<chrono::Utc>) {
     h.principals()
-        .upsert_principals(h.req(ADMIN, signed_in(t0())))
+        .upsert_principals(h.req(
+            ADMIN,
+            asg::UpsertPrincipalsRequest {
+                principals: vec![asg::Principal {
+                    id: "ferry".into(),
+                    r#type: PrincipalType::User.into(),
+                    display_name: "Ferry".into(),
+                    user_principal_name: "ferry@example.test".into(),
+                    last_sign_in_time: Some(tenure_platform::clock::to_proto(at)),
+                    ..Default::default()
+                }],
+                request_id: String::new(),
+            },
+        ))
         .await
         .unwrap();
+}
+
+/// Nothing happens but time: the rescan timer raises "potential stale accounts" once
+/// Ferry has not signed in for 30 days; his next sign-in clears it and the alert
+/// resolves itself.
+#[tokio::test]
+async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition_resolves_it() {
+    let (h, _smtp, _hooks) = start().await;
+    eligible_ferry(&h).await;
+    ferry_signs_in(&h, t0()).await;
     // A day later nothing is stale.
     h.clock.set(t0() + TimeDelta::days(1));
     let stale = pb::AlertKind::PotentialStaleAccounts;
@@ -1161,10 +1173,7 @@ async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition
         .incidents;
     assert_eq!(incidents[0].principal.as_ref().unwrap().id, "ferry");
     // Ferry signs in: the condition clears and the alert resolves itself.
-    h.principals()
-        .upsert_principals(h.req(ADMIN, signed_in(t0() + TimeDelta::days(31))))
-        .await
-        .unwrap();
+    ferry_signs_in(&h, t0() + TimeDelta::days(31)).await;
     let resolved = wait_alert(&h, stale, pb::AlertStatus::Resolved).await;
     assert_eq!(resolved.id, raised.id);
     h.stop().await;
@@ -1176,40 +1185,14 @@ async fn the_rescan_timer_raises_an_alert_as_time_passes_and_a_cleared_condition
 #[tokio::test]
 async fn concurrent_evaluations_of_one_kind_raise_one_alert() {
     let (h, _smtp, _hooks) = start().await;
-    h.seed_users(&["ferry"]).await;
-    h.assign(
-        AssignmentType::Eligible,
-        "ferry",
-        "global-administrator",
-        "/",
-    )
-    .await;
-    let signed_in = |days: i64| asg::UpsertPrincipalsRequest {
-        principals: vec![asg::Principal {
-            id: "ferry".into(),
-            r#type: PrincipalType::User.into(),
-            display_name: "Ferry".into(),
-            user_principal_name: "ferry@example.test".into(),
-            last_sign_in_time: Some(tenure_platform::clock::to_proto(
-                t0() + TimeDelta::days(days),
-            )),
-            ..Default::default()
-        }],
-        request_id: String::new(),
-    };
+    eligible_ferry(&h).await;
     let stale = pb::AlertKind::PotentialStaleAccounts;
     // Raised once and resolved once, so the projection is known to hold Ferry's
     // sign-in at day 31 before the race below.
-    h.principals()
-        .upsert_principals(h.req(ADMIN, signed_in(0)))
-        .await
-        .unwrap();
+    ferry_signs_in(&h, t0() + TimeDelta::days(0)).await;
     h.clock.set(t0() + TimeDelta::days(31));
     wait_alert(&h, stale, pb::AlertStatus::Active).await;
-    h.principals()
-        .upsert_principals(h.req(ADMIN, signed_in(31)))
-        .await
-        .unwrap();
+    ferry_signs_in(&h, t0() + TimeDelta::days(31)).await;
     wait_alert(&h, stale, pb::AlertStatus::Resolved).await;
     // Stale again: eight rescans at once, beside the rescan timer.
     h.clock.set(t0() + TimeDelta::days(62));

@@ -47,15 +47,16 @@ struct BatchReads {
 #[derive(Default)]
 struct Marks(BTreeSet<i64>);
 
-/// The audit chain's head as this unit of work moves it: read (and, on PostgreSQL,
-/// locked) by the first entry, advanced in memory by the next ones, and written back
-/// once by [`Engine::flush_audit`] before the unit commits, with the entries it
-/// appended (multi-row INSERTs: on PostgreSQL every statement is a round trip).
+/// The audit entries a unit of work appended, not yet chained: [`Engine::flush_audit`]
+/// reads (and, on PostgreSQL, locks) the chain's head only then, at the end of the
+/// unit, numbers and hashes them onto it, and writes them in multi-row INSERTs (on
+/// PostgreSQL every statement is a round trip). The head's lock is so held from the
+/// flush to the commit, not through the whole unit: the four consumers that audit
+/// (one per source stream) queued behind each other's whole batches for it, and an
+/// alert waited behind all of them (BENCHMARKS.md, session 6).
 #[derive(Default)]
 struct AuditChain {
-    head: Option<(i64, String)>,
-    dirty: bool,
-    rows: Vec<AuditRow>,
+    pending: Vec<audit::PendingEntry>,
 }
 
 /// One audit entry's columns, as [`Engine::flush_audit`] inserts them.
@@ -74,6 +75,33 @@ struct AuditRow {
     result: i64,
     hash: String,
     body: Vec<u8>,
+}
+
+impl AuditRow {
+    fn of(e: pb::AuditEntry, actor_id: String, full_action: String) -> Self {
+        let body = e.encode_to_vec();
+        let occurred = e
+            .occurred_at
+            .as_ref()
+            .and_then(from_proto)
+            .map_or(0, to_micros);
+        Self {
+            sequence: e.sequence,
+            occurred,
+            actor_id,
+            action: e.action,
+            full_action,
+            target_principal_id: e.target_principal.map(|p| p.id).unwrap_or_default(),
+            role_id: e.role.map(|r| r.id).unwrap_or_default(),
+            scope_id: e.scope.map(|s| s.id).unwrap_or_default(),
+            request_id: e.request_id,
+            source_context: e.source_context,
+            source_sequence: e.source_sequence,
+            result: i64::from(e.result),
+            hash: e.hash,
+            body,
+        }
+    }
 }
 
 /// Audit entries per INSERT statement (14 parameters each: 448, well under both
@@ -340,11 +368,11 @@ impl Engine {
 
     // ----- audit ---------------------------------------------------------------------
 
-    /// Appends an audit entry for a source event, chained to the previous entry. The
-    /// chain's head moves in memory for the rest of the unit of work: the unit must call
-    /// [`Engine::finish`] before it commits (the consumers do, in their `finish`),
-    /// or the next unit finds the old head and its entry's sequence is refused as a
-    /// duplicate — an error, never a forked chain.
+    /// Appends an audit entry for a source event. It is chained (numbered and hashed
+    /// onto the previous entry) and written when the unit of work calls
+    /// [`Engine::finish`] before it commits; the consumers do, in their `finish`. A
+    /// unit that commits without it writes no entry and moves no cursor past one
+    /// unwritten: the consumer's cursor commits in the same unit only after `finish`.
     pub async fn audit(
         &self,
         uow: &mut Uow,
@@ -365,69 +393,43 @@ impl Engine {
         {
             t.display_name = name;
         }
-        let (prev_seq, prev) = match uow.cache::<AuditChain>().head.take() {
-            Some(h) => h,
-            None => {
-                // A no-op update: it returns the head and, on PostgreSQL, takes the
-                // row's lock until the commit, so two writers never chain onto one head.
-                let row = sqlx::query(
-                    "UPDATE notifications_audit_head SET last_sequence = last_sequence WHERE id = 1 \
-                     RETURNING last_sequence, last_hash",
-                )
-                .fetch_one(&mut **uow.tx())
-                .await?;
-                (row.try_get("last_sequence")?, row.try_get("last_hash")?)
-            }
-        };
-        let seq = prev_seq + 1;
         let mut e = audit::entry(meta, facts, actor_name);
-        e.sequence = seq;
         e.recorded_at = Some(to_proto(self.now()));
-        e.previous_hash = prev;
-        e.hash = audit::hash(&e.previous_hash, &e);
-        let occurred = e
-            .occurred_at
-            .as_ref()
-            .and_then(from_proto)
-            .map_or(0, to_micros);
-        let row = AuditRow {
-            sequence: seq,
-            occurred,
-            actor_id: meta.actor.clone(),
-            action: e.action.clone(),
+        uow.cache::<AuditChain>().pending.push(audit::PendingEntry {
+            entry: e,
             full_action: meta.r#type.clone(),
-            target_principal_id: e
-                .target_principal
-                .as_ref()
-                .map_or_else(String::new, |p| p.id.clone()),
-            role_id: e.role.as_ref().map_or_else(String::new, |p| p.id.clone()),
-            scope_id: e.scope.as_ref().map_or_else(String::new, |p| p.id.clone()),
-            request_id: e.request_id.clone(),
-            source_context: e.source_context.clone(),
-            source_sequence: e.source_sequence,
-            result: i64::from(e.result),
-            hash: e.hash.clone(),
-            body: e.encode_to_vec(),
-        };
-        let chain = uow.cache::<AuditChain>();
-        chain.head = Some((seq, e.hash));
-        chain.dirty = true;
-        chain.rows.push(row);
+            actor_id: meta.actor.clone(),
+        });
         Ok(())
     }
 
-    /// Writes the audit chain's head as this unit of work left it (once, however many
-    /// entries it appended). [`Engine::finish`] calls it.
+    /// Chains the unit's pending audit entries onto the head and writes them and the
+    /// new head. [`Engine::finish`] calls it, last.
     async fn flush_audit(&self, uow: &mut Uow) -> ApiResult<()> {
-        let chain = uow.cache::<AuditChain>();
-        if !chain.dirty {
+        let pending = std::mem::take(&mut uow.cache::<AuditChain>().pending);
+        if pending.is_empty() {
             return Ok(());
         }
-        chain.dirty = false;
-        let rows = std::mem::take(&mut chain.rows);
-        let Some((seq, hash)) = chain.head.clone() else {
-            return Ok(());
-        };
+        // A no-op update: it returns the head and, on PostgreSQL, takes the row's lock
+        // until the commit, so two writers never chain onto one head.
+        let row = sqlx::query(
+            "UPDATE notifications_audit_head SET last_sequence = last_sequence WHERE id = 1 \
+             RETURNING last_sequence, last_hash",
+        )
+        .fetch_one(&mut **uow.tx())
+        .await?;
+        let (mut seq, mut hash): (i64, String) =
+            (row.try_get("last_sequence")?, row.try_get("last_hash")?);
+        let mut rows = Vec::with_capacity(pending.len());
+        for p in pending {
+            let mut e = p.entry;
+            seq += 1;
+            e.sequence = seq;
+            e.previous_hash = hash;
+            e.hash = audit::hash(&e.previous_hash, &e);
+            hash = e.hash.clone();
+            rows.push(AuditRow::of(e, p.actor_id, p.full_action));
+        }
         for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
             let sql = audit_insert_sql(chunk.len());
             let mut q = sqlx::query(&sql);
@@ -1388,8 +1390,12 @@ impl Engine {
     /// Sends the due expiry reminders, each once (a conditional delete claims it).
     pub async fn send_due_reminders(&self) -> ApiResult<()> {
         let now = to_micros(self.now());
+        // In due order, so the planner walks the due-time index and stops at the first
+        // row not due; without the order a PostgreSQL planner lacking statistics scanned
+        // the whole table (4 ms at 40,000 reminders) on every wake-up.
         let rows = sqlx::query(
-            "SELECT assignment_id, offset_secs FROM notifications_reminders WHERE due_at <= $1 LIMIT 100",
+            "SELECT assignment_id, offset_secs FROM notifications_reminders \
+             WHERE due_at <= $1 ORDER BY due_at LIMIT 100",
         )
         .bind(now)
         .fetch_all(self.db.reader())

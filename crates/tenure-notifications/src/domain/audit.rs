@@ -313,6 +313,18 @@ pub fn notifications_facts(e: &pb::Event) -> Facts {
     }
 }
 
+/// An audit entry made from its source event but not yet chained: its sequence,
+/// previous hash and hash are set when its unit of work writes it.
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    /// The entry, without its place in the chain.
+    pub entry: pb::AuditEntry,
+    /// The source event's full type name (a column of its own).
+    pub full_action: String,
+    /// The actor's id as the event names it.
+    pub actor_id: String,
+}
+
 /// Builds an entry (without sequence, previous hash and hash) from an event's metadata
 /// and facts.
 pub fn entry(meta: &common::EventMeta, facts: Facts, actor_name: String) -> pb::AuditEntry {

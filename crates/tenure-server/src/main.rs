@@ -21,6 +21,23 @@ use tenure_server::DevClock;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process, unless the operator asked for them
+/// (`MIMALLOC_ALLOW_THP=1`). mimalloc reserves its arenas in 2 MiB-aligned regions; on a
+/// kernel with THP "always" (a common default) the first touch of each made a whole
+/// huge page resident: a fresh idle server held 68.5 MiB, 33.7 MiB without THP
+/// (measured, BENCHMARKS.md session 6). Called first in `main`, before the runtime's
+/// threads start; the flag is the whole process's and its children's.
+fn no_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var("MIMALLOC_ALLOW_THP").map_or(true, |v| v != "1")
+        && let Err(e) = rustix::thread::disable_transparent_huge_pages(true)
+    {
+        eprintln!(
+            "tenure: cannot turn transparent huge pages off ({e}); idle memory will be higher"
+        );
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "tenure",
@@ -90,6 +107,7 @@ struct ServeArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

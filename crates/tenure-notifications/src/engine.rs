@@ -248,6 +248,14 @@ pub fn default_notification_settings(c: &NotificationsConfig) -> pb::Notificatio
 /// [`Engine::evaluate_marked`] takes it before it claims one: one order everywhere.
 const ALERTS_LOCK: &str = "alerts";
 
+/// The lock every unit of work holds before it writes role rows of the projection. The
+/// catalogue load at start upserts every role in one transaction while the assignments
+/// consumer, catching up, upserts the same roles from their events in another order:
+/// on PostgreSQL the two deadlocked on the rows (seen in the server log during the
+/// tests, each time one rolled back and was retried). Taken before any role row, and
+/// no unit takes another lock after it that a role writer could hold.
+pub const ROLES_LOCK: &str = "roles";
+
 impl Engine {
     /// Now.
     pub fn now(&self) -> DateTime<Utc> {
@@ -1608,6 +1616,7 @@ impl Engine {
     pub async fn load_roles(&self) -> ApiResult<()> {
         let roles = self.assignments.role_definitions().await?;
         let mut uow = self.log.begin().await?;
+        uow.lock(ROLES_LOCK).await?;
         for r in &roles {
             project::role(uow.tx(), r).await?;
         }

@@ -71,6 +71,16 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
             let e = &self.0;
             let meta = event.meta.clone().unwrap_or_default();
             e.audit(uow, &meta, audit::assignments_facts(event)).await?;
+            if matches!(
+                event.payload,
+                Some(
+                    asg::event::Payload::RoleDefinitionCreated(_)
+                        | asg::event::Payload::RoleDefinitionUpdated(_)
+                        | asg::event::Payload::RoleDefinitionDeleted(_)
+                )
+            ) {
+                uow.lock(crate::engine::ROLES_LOCK).await?;
+            }
             let changed = project::apply(uow.tx(), event).await?;
             if matches!(
                 event.payload,

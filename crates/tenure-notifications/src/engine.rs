@@ -379,8 +379,9 @@ impl Engine {
     /// Appends an audit entry for a source event. It is chained (numbered and hashed
     /// onto the previous entry) and written when the unit of work calls
     /// [`Engine::finish`] before it commits; the consumers do, in their `finish`. A
-    /// unit that commits without it writes no entry and moves no cursor past one
-    /// unwritten: the consumer's cursor commits in the same unit only after `finish`.
+    /// unit that commits without it fails and rolls back
+    /// ([`UnitOfWork::mark_unwritten`](tenure_platform::events::UnitOfWork::mark_unwritten)),
+    /// so an entry is never lost silently.
     pub async fn audit(
         &self,
         uow: &mut Uow,
@@ -408,6 +409,7 @@ impl Engine {
             full_action: meta.r#type.clone(),
             actor_id: meta.actor.clone(),
         });
+        uow.mark_unwritten("audit entries");
         Ok(())
     }
 
@@ -415,6 +417,7 @@ impl Engine {
     /// new head. [`Engine::finish`] calls it, last.
     async fn flush_audit(&self, uow: &mut Uow) -> ApiResult<()> {
         let pending = std::mem::take(&mut uow.cache::<AuditChain>().pending);
+        uow.written();
         if pending.is_empty() {
             return Ok(());
         }

@@ -291,6 +291,7 @@ impl<E: EventEnvelope> EventLog<E> {
             tx,
             pending: Vec::new(),
             cache: Cache::default(),
+            unwritten: None,
         })
     }
 
@@ -583,6 +584,7 @@ pub struct UnitOfWork<E: EventEnvelope> {
     tx: Transaction<'static, Any>,
     pending: Vec<(E, EventMeta, DateTime<Utc>)>,
     cache: Cache,
+    unwritten: Option<&'static str>,
 }
 
 /// Values a handler keeps for the length of one unit of work (reads it need not repeat
@@ -662,6 +664,19 @@ impl<E: EventEnvelope> UnitOfWork<E> {
         Ok(())
     }
 
+    /// Records that this unit holds `what` in its [`UnitOfWork::cache`] to be written
+    /// before it commits (audit entries chained at the end of a batch, say), until
+    /// [`UnitOfWork::written`]. A commit while something is unwritten fails and rolls
+    /// back: a caller that forgot the final write gets an error, not a silent loss.
+    pub fn mark_unwritten(&mut self, what: &'static str) {
+        self.unwritten = Some(what);
+    }
+
+    /// Clears [`UnitOfWork::mark_unwritten`]: what was held is written.
+    pub fn written(&mut self) {
+        self.unwritten = None;
+    }
+
     /// How many events are queued.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -670,6 +685,13 @@ impl<E: EventEnvelope> UnitOfWork<E> {
     /// Appends the queued events (taking the next sequences in commit order) and commits
     /// the transaction. Returns the sequences the events got, in emit order.
     pub async fn commit(mut self) -> Result<Vec<i64>, ApiError> {
+        if let Some(what) = self.unwritten {
+            self.tx.rollback().await?;
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "a unit of work of {} committed with {what} not yet written; rolled back",
+                E::CONTEXT
+            )));
+        }
         let mut sequences = Vec::with_capacity(self.pending.len());
         if !self.pending.is_empty() {
             let n = self.pending.len() as i64;

@@ -163,6 +163,43 @@ async fn a_rolled_back_unit_consumes_no_sequence_and_leaves_no_event() {
 }
 
 #[tokio::test]
+async fn a_unit_committed_with_something_unwritten_fails_and_rolls_back_whole() {
+    let (_t, db) = setup(&["t"]).await;
+    let log = EventLog::<TestEvent>::open(db.clone(), clock(), "t")
+        .await
+        .unwrap();
+    let mut uow = log.begin().await.unwrap();
+    sqlx::query("INSERT INTO seen (sequence, note) VALUES (100, 'with the entries')")
+        .execute(&mut **uow.tx())
+        .await
+        .unwrap();
+    uow.emit(ev("with the entries", false));
+    uow.mark_unwritten("audit entries");
+    let err = uow.commit().await.unwrap_err();
+    assert!(
+        err.to_string().contains("audit entries not yet written"),
+        "the error names what was not written: {err}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM seen")
+        .fetch_one(db.reader())
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the state change rolled back");
+    assert_eq!(
+        commit(&log, vec![ev("next", false)]).await,
+        vec![1],
+        "its event took no sequence"
+    );
+
+    // Once written, the unit commits as usual.
+    let mut uow = log.begin().await.unwrap();
+    uow.mark_unwritten("audit entries");
+    uow.written();
+    uow.emit(ev("written", false));
+    assert_eq!(uow.commit().await.unwrap(), vec![2]);
+}
+
+#[tokio::test]
 async fn filters_by_full_or_simple_type_name() {
     let (_t, db) = setup(&["t"]).await;
     let log = EventLog::<TestEvent>::open(db, clock(), "t").await.unwrap();

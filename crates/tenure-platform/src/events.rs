@@ -292,6 +292,7 @@ impl<E: EventEnvelope> EventLog<E> {
             pending: Vec::new(),
             cache: Cache::default(),
             unwritten: None,
+            locks: Vec::new(),
         })
     }
 
@@ -585,6 +586,7 @@ pub struct UnitOfWork<E: EventEnvelope> {
     pending: Vec<(E, EventMeta, DateTime<Utc>)>,
     cache: Cache,
     unwritten: Option<&'static str>,
+    locks: Vec<String>,
 }
 
 /// Values a handler keeps for the length of one unit of work (reads it need not repeat
@@ -653,7 +655,14 @@ impl<E: EventEnvelope> UnitOfWork<E> {
     /// may not exist yet: two evaluations must not both raise it). On PostgreSQL a
     /// transaction-scoped advisory lock; on SQLite nothing is needed, since the single
     /// writer connection already runs one write transaction at a time.
+    ///
+    /// Asking again for a lock the unit holds costs nothing: a consumer's batch
+    /// evaluates an alert per activation event, each asking for the same lock, and
+    /// each request was a round trip to PostgreSQL.
     pub async fn lock(&mut self, name: &str) -> Result<(), ApiError> {
+        if self.locks.iter().any(|held| held == name) {
+            return Ok(());
+        }
         if self.log.inner.db.backend() == Backend::Postgres {
             // The function returns `void`, which the Any driver cannot decode: count it.
             sqlx::query("SELECT count(*) FROM (SELECT pg_advisory_xact_lock($1)) AS held")
@@ -661,6 +670,7 @@ impl<E: EventEnvelope> UnitOfWork<E> {
                 .execute(&mut *self.tx)
                 .await?;
         }
+        self.locks.push(name.to_owned());
         Ok(())
     }
 

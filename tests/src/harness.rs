@@ -437,6 +437,35 @@ impl Harness {
         panic!("the reviews context did not catch up with the assignments stream");
     }
 
+    /// Waits (bounded) until the notifications context has taken in every event the
+    /// four streams hold, its own included (which its consumers of the others extend),
+    /// so every audit entry of what happened so far is written.
+    pub async fn wait_notifications_caught_up(&self) {
+        let n = self.contexts.notifications.as_ref().unwrap();
+        let heads = || {
+            [
+                self.core().log.head(),
+                self.contexts.activation.as_ref().unwrap().log.head(),
+                self.contexts.reviews.as_ref().unwrap().log.head(),
+                n.log.head(),
+            ]
+        };
+        let sources = ["assignments", "activation", "reviews", "notifications"];
+        for _ in 0..1000 {
+            let before = heads();
+            let mut behind = false;
+            for (source, head) in sources.iter().zip(before) {
+                behind |= n.cursor(source).await.unwrap() < head;
+            }
+            // Caught up, and nothing new was committed while looking.
+            if !behind && heads() == before {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the notifications context did not catch up with the streams");
+    }
+
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(t) = self.task.take() {

@@ -194,6 +194,12 @@ impl NotificationsContext {
         Ok(Self { engine, log })
     }
 
+    /// How far this context's consumer of `source` has taken in its stream: one of
+    /// `assignments`, `activation`, `reviews`, or `notifications` (its own).
+    pub async fn cursor(&self, source: &str) -> Result<i64, tenure_platform::ApiError> {
+        tenure_platform::events::load_cursor(self.log.db(), PREFIX, source).await
+    }
+
     /// Registers this context's gRPC services.
     pub fn register(&self, registry: &mut Registry) {
         use tenure_platform::register;

@@ -47,6 +47,13 @@ struct BatchReads {
 #[derive(Default)]
 struct Marks(BTreeSet<i64>);
 
+/// The (principal, role) pairs whose activations a unit of work took in: their
+/// alerts are evaluated once, together, at the unit's end ([`Engine::finish`]), so
+/// a batch of activations reads each alert, its dismissals and its incident count
+/// once rather than once per activation.
+#[derive(Default)]
+struct Pairs(BTreeSet<(String, String)>);
+
 /// The audit entries a unit of work appended, not yet chained: [`Engine::flush_audit`]
 /// reads (and, on PostgreSQL, locks) the chain's head only then, at the end of the
 /// unit, numbers and hashes them onto it, and writes them in multi-row INSERTs (on
@@ -121,6 +128,31 @@ fn audit_insert_sql(rows: usize) -> String {
          VALUES {}",
         values.join(", ")
     )
+}
+
+/// Emits a change to an alert's incidents as `AlertUpdated` events of at most
+/// [`alerts::MAX_DELTA`] items each. `before` is the alert's summary before the change
+/// (its `incident_count` included); each part carries the count after it, so a
+/// follower's incidents and the summary's count agree after every event.
+fn emit_updates(uow: &mut Uow, before: &pb::Alert, delta: alerts::Delta) {
+    let mut running = before.incident_count;
+    for part in delta.split(alerts::MAX_DELTA) {
+        running += i32::try_from(part.added.len()).unwrap_or(i32::MAX)
+            - i32::try_from(part.removed.len()).unwrap_or(i32::MAX);
+        let mut alert = before.clone();
+        alert.incidents.clear();
+        alert.incident_count = running;
+        uow.emit(NewEvent::new(
+            pb::AlertUpdated {
+                alert: Some(alert),
+                added_incidents: part.added,
+                removed_incident_ids: part.removed,
+                changed_incidents: part.changed,
+            },
+            "system",
+            before.id.clone(),
+        ));
+    }
 }
 
 fn decode<M: prost::Message + Default>(b: &[u8]) -> ApiResult<M> {
@@ -492,30 +524,47 @@ impl Engine {
         Ok(counts)
     }
 
-    /// Evaluates `kinds` for one principal's use of one role only (after an
-    /// activation): reads that pair's assignments and activations instead of the
-    /// whole projection, and reconciles only the incidents about that pair; the other
-    /// incidents of the same alerts are left as they are (the next event about them,
-    /// or the rescan, looks at them).
-    pub async fn evaluate_pair(
+    /// The alert kinds an activation concerns for its principal and role only.
+    pub const PAIR_KINDS: [pb::AlertKind; 2] = [
+        pb::AlertKind::RolesActivatedTooFrequently,
+        pb::AlertKind::AdminsNotUsingPrivilegedRoles,
+    ];
+
+    /// Notes that one principal's use of one role changed (an activation): the unit's
+    /// [`Engine::finish`] evaluates [`Engine::PAIR_KINDS`] for the pairs noted, in the
+    /// same transaction.
+    pub fn mark_pair(uow: &mut Uow, principal_id: &str, role_id: &str) {
+        uow.cache::<Pairs>()
+            .0
+            .insert((principal_id.to_owned(), role_id.to_owned()));
+        uow.mark_unwritten("alert evaluations of activations");
+    }
+
+    /// Evaluates [`Engine::PAIR_KINDS`] for the given principals' uses of the given
+    /// roles only: reads those pairs' assignments and activations instead of the
+    /// whole projection, and reconciles only the incidents about those pairs; the
+    /// other incidents of the same alerts are left as they are (the next event about
+    /// them, or the rescan, looks at them).
+    pub async fn evaluate_pairs(
         &self,
         uow: &mut Uow,
-        kinds: &[pb::AlertKind],
-        principal_id: &str,
-        role_id: &str,
+        pairs: &BTreeSet<(String, String)>,
     ) -> ApiResult<Counts> {
+        let mut counts = Counts::default();
+        if pairs.is_empty() {
+            return Ok(counts);
+        }
         uow.lock(ALERTS_LOCK).await?;
         let now = self.now();
-        let world = project::world_of(uow.tx(), now, principal_id, role_id).await?;
+        let world = project::world_of(uow.tx(), now, pairs).await?;
         let mut keys: BTreeSet<String> = world
             .assignments
             .iter()
             .map(|a| alerts::assignment_key(&a.id))
             .collect();
-        keys.insert(alerts::frequent_key(principal_id, role_id));
-        let mut counts = Counts::default();
-        for kind in kinds {
-            let settings = self.alert_settings_of(uow, *kind).await?;
+        keys.extend(pairs.iter().map(|(p, r)| alerts::frequent_key(p, r)));
+        for kind in Self::PAIR_KINDS {
+            let settings = self.alert_settings_of(uow, kind).await?;
             let found = alerts::evaluate(&settings, &world);
             let c = self
                 .reconcile_in(uow, &settings, found, now, Some(&keys))
@@ -537,10 +586,15 @@ impl Engine {
             .extend(kinds.iter().map(|k| *k as i64));
     }
 
-    /// Writes what a unit of work kept for its end: the alert kinds it marked (in one
-    /// statement), the audit entries it appended and the audit chain's head. The consumers call it once per batch,
-    /// before the commit.
+    /// Does what a unit of work kept for its end: evaluates the alerts of the
+    /// activations' (principal, role) pairs it noted, writes the alert kinds it marked
+    /// (in one statement), the audit entries it appended and the audit chain's head.
+    /// The consumers call it once per batch, before the commit.
     pub async fn finish(&self, uow: &mut Uow) -> ApiResult<()> {
+        let pairs = std::mem::take(&mut uow.cache::<Pairs>().0);
+        if !pairs.is_empty() {
+            self.evaluate_pairs(uow, &pairs).await?;
+        }
         let kinds = std::mem::take(&mut uow.cache::<Marks>().0);
         if !kinds.is_empty() {
             // One statement for all of them (a set: a row may be updated once per
@@ -772,14 +826,28 @@ impl Engine {
                     alert.incidents.push(inc);
                 }
                 self.store_alert(uow.tx(), &alert).await?;
-                alert.incidents.truncate(100);
+                // The raise carries at most MAX_DELTA incidents and counts those; the
+                // rest follow as additions, so a follower of the stream rebuilds every
+                // incident however many one evaluation (a batch of activations, a
+                // rescan) found at once.
+                let rest = alert
+                    .incidents
+                    .split_off(alert.incidents.len().min(alerts::MAX_DELTA));
+                let mut raised = alert.clone();
+                raised.incident_count = i32::try_from(raised.incidents.len()).unwrap_or(i32::MAX);
                 uow.emit(NewEvent::new(
                     pb::AlertRaised {
-                        alert: Some(alert.clone()),
+                        alert: Some(raised.clone()),
                     },
                     "system",
                     alert.id.clone(),
                 ));
+                let delta = alerts::Delta {
+                    added: rest,
+                    ..Default::default()
+                };
+                raised.incidents.clear();
+                emit_updates(uow, &raised, delta);
                 self.notify_alert(uow, &alert).await?;
                 counts.raised += 1;
             }
@@ -848,18 +916,11 @@ impl Engine {
                 if !delta.is_empty() {
                     alert.update_time = Some(nowp);
                     self.store_alert(uow.tx(), &alert).await?;
-                    for part in delta.split(alerts::MAX_DELTA) {
-                        uow.emit(NewEvent::new(
-                            pb::AlertUpdated {
-                                alert: Some(alert.clone()),
-                                added_incidents: part.added,
-                                removed_incident_ids: part.removed,
-                                changed_incidents: part.changed,
-                            },
-                            "system",
-                            alert.id.clone(),
-                        ));
-                    }
+                    let net = i32::try_from(delta.added.len()).unwrap_or(i32::MAX)
+                        - i32::try_from(delta.removed.len()).unwrap_or(i32::MAX);
+                    let mut before = alert.clone();
+                    before.incident_count = count - net;
+                    emit_updates(uow, &before, delta);
                     counts.updated += 1;
                 } else {
                     self.store_alert(uow.tx(), &alert).await?;

@@ -129,12 +129,8 @@ impl EventHandler<asg::Event, pb::Event> for FromAssignments {
                 && let Some(i) = &x.instance
                 && let (Some(p), Some(r)) = (&i.principal, &i.role)
             {
-                let pair = [
-                    pb::AlertKind::RolesActivatedTooFrequently,
-                    pb::AlertKind::AdminsNotUsingPrivilegedRoles,
-                ];
-                kinds.retain(|k| !pair.contains(k));
-                e.evaluate_pair(uow, &pair, &p.id, &r.id).await?;
+                kinds.retain(|k| !Engine::PAIR_KINDS.contains(k));
+                Engine::mark_pair(uow, &p.id, &r.id);
             }
             if !kinds.is_empty() {
                 kinds.sort_by_key(|k| *k as i32);

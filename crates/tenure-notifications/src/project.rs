@@ -529,24 +529,24 @@ pub async fn world(tx: &mut Tx, now: DateTime<Utc>) -> ApiResult<World> {
     load_world(tx, now, None).await
 }
 
-/// Loads the part of the world about one principal's holding and use of one role:
-/// the principal, the roles, that principal's assignments and activations of that
-/// role. Enough for the kinds an activation affects ("activated too frequently",
-/// "administrators aren't using their privileged roles") about that pair; no role
-/// settings, drift or break-glass uses. Reads by index, not the whole projection.
+/// Loads the part of the world about some principals' holding and use of some roles,
+/// one (principal, role) pair each: the principals, the roles, each principal's
+/// assignments and activations of its pair's role. Enough for the kinds an activation
+/// affects ("activated too frequently", "administrators aren't using their privileged
+/// roles") about those pairs; no role settings, drift or break-glass uses. Reads by
+/// index, not the whole projection.
 pub async fn world_of(
     tx: &mut Tx,
     now: DateTime<Utc>,
-    principal_id: &str,
-    role_id: &str,
+    pairs: &BTreeSet<(String, String)>,
 ) -> ApiResult<World> {
-    load_world(tx, now, Some((principal_id, role_id))).await
+    load_world(tx, now, Some(pairs)).await
 }
 
 async fn load_world(
     tx: &mut Tx,
     now: DateTime<Utc>,
-    focus: Option<(&str, &str)>,
+    focus: Option<&BTreeSet<(String, String)>>,
 ) -> ApiResult<World> {
     let mut w = World {
         now,
@@ -558,12 +558,19 @@ async fn load_world(
         )
         .fetch_all(&mut **tx)
         .await?,
-        Some((p, _)) => sqlx::query(
-            "SELECT id, type, display_name, upn, enabled, last_sign_in FROM notifications_p_principals WHERE id = $1",
-        )
-        .bind(p)
-        .fetch_all(&mut **tx)
-        .await?,
+        Some(pairs) => {
+            let ids: BTreeSet<&str> = pairs.iter().map(|(p, _)| p.as_str()).collect();
+            let mut rows = Vec::with_capacity(ids.len());
+            for p in ids {
+                rows.extend(sqlx::query(
+                    "SELECT id, type, display_name, upn, enabled, last_sign_in FROM notifications_p_principals WHERE id = $1",
+                )
+                .bind(p)
+                .fetch_optional(&mut **tx)
+                .await?);
+            }
+            rows
+        }
     };
     for row in principals {
         let id: String = row.try_get("id")?;
@@ -603,13 +610,19 @@ async fn load_world(
                 .fetch_all(&mut **tx)
                 .await?
         }
-        Some((p, r)) => sqlx::query(
-            "SELECT body FROM notifications_p_assignments WHERE principal_id = $1 AND role_id = $2",
-        )
-        .bind(p)
-        .bind(r)
-        .fetch_all(&mut **tx)
-        .await?,
+        Some(pairs) => {
+            let mut rows = Vec::new();
+            for (p, r) in pairs {
+                rows.extend(sqlx::query(
+                    "SELECT body FROM notifications_p_assignments WHERE principal_id = $1 AND role_id = $2",
+                )
+                .bind(p)
+                .bind(r)
+                .fetch_all(&mut **tx)
+                .await?);
+            }
+            rows
+        }
     };
     for row in assignments {
         let body: Vec<u8> = row.try_get("body")?;
@@ -645,14 +658,20 @@ async fn load_world(
         )
         .fetch_all(&mut **tx)
         .await?,
-        Some((p, r)) => sqlx::query(
-            "SELECT request_id, principal_id, role_id, role_name, scope_id, activated_at FROM notifications_p_activations \
-             WHERE principal_id = $1 AND role_id = $2",
-        )
-        .bind(p)
-        .bind(r)
-        .fetch_all(&mut **tx)
-        .await?,
+        Some(pairs) => {
+            let mut rows = Vec::new();
+            for (p, r) in pairs {
+                rows.extend(sqlx::query(
+                    "SELECT request_id, principal_id, role_id, role_name, scope_id, activated_at FROM notifications_p_activations \
+                     WHERE principal_id = $1 AND role_id = $2",
+                )
+                .bind(p)
+                .bind(r)
+                .fetch_all(&mut **tx)
+                .await?);
+            }
+            rows
+        }
     };
     for row in activations {
         let at: i64 = row.try_get("activated_at")?;

@@ -131,15 +131,18 @@ fn audit_insert_sql(rows: usize) -> String {
 }
 
 /// Emits a change to an alert's incidents as `AlertUpdated` events of at most
-/// [`alerts::MAX_DELTA`] items each. `before` is the alert's summary before the change
-/// (its `incident_count` included); each part carries the count after it, so a
-/// follower's incidents and the summary's count agree after every event.
-fn emit_updates(uow: &mut Uow, before: &pb::Alert, delta: alerts::Delta) {
-    let mut running = before.incident_count;
+/// [`alerts::MAX_DELTA`] items each. `after` is the alert's summary after the whole
+/// change; each part carries the count as it stands after that part, so a follower's
+/// incidents and the summary's count agree after every event.
+fn emit_updates(uow: &mut Uow, after: &pb::Alert, delta: alerts::Delta) {
+    let net = |d: &alerts::Delta| {
+        i32::try_from(d.added.len()).unwrap_or(i32::MAX)
+            - i32::try_from(d.removed.len()).unwrap_or(i32::MAX)
+    };
+    let mut running = after.incident_count - net(&delta);
     for part in delta.split(alerts::MAX_DELTA) {
-        running += i32::try_from(part.added.len()).unwrap_or(i32::MAX)
-            - i32::try_from(part.removed.len()).unwrap_or(i32::MAX);
-        let mut alert = before.clone();
+        running += net(&part);
+        let mut alert = after.clone();
         alert.incidents.clear();
         alert.incident_count = running;
         uow.emit(NewEvent::new(
@@ -150,7 +153,7 @@ fn emit_updates(uow: &mut Uow, before: &pb::Alert, delta: alerts::Delta) {
                 changed_incidents: part.changed,
             },
             "system",
-            before.id.clone(),
+            after.id.clone(),
         ));
     }
 }
@@ -837,7 +840,7 @@ impl Engine {
                 raised.incident_count = i32::try_from(raised.incidents.len()).unwrap_or(i32::MAX);
                 uow.emit(NewEvent::new(
                     pb::AlertRaised {
-                        alert: Some(raised.clone()),
+                        alert: Some(raised),
                     },
                     "system",
                     alert.id.clone(),
@@ -846,8 +849,7 @@ impl Engine {
                     added: rest,
                     ..Default::default()
                 };
-                raised.incidents.clear();
-                emit_updates(uow, &raised, delta);
+                emit_updates(uow, &alert, delta);
                 self.notify_alert(uow, &alert).await?;
                 counts.raised += 1;
             }
@@ -916,11 +918,7 @@ impl Engine {
                 if !delta.is_empty() {
                     alert.update_time = Some(nowp);
                     self.store_alert(uow.tx(), &alert).await?;
-                    let net = i32::try_from(delta.added.len()).unwrap_or(i32::MAX)
-                        - i32::try_from(delta.removed.len()).unwrap_or(i32::MAX);
-                    let mut before = alert.clone();
-                    before.incident_count = count - net;
-                    emit_updates(uow, &before, delta);
+                    emit_updates(uow, &alert, delta);
                     counts.updated += 1;
                 } else {
                     self.store_alert(uow.tx(), &alert).await?;

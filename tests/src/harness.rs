@@ -333,9 +333,29 @@ impl Harness {
         panic!("no {type_name} event after {after}");
     }
 
+    /// Checks that the access model a start loads from the current rows holds what the
+    /// event log's history builds up to the same sequence (every test that stops or
+    /// restarts its server checks it on the state it left).
+    pub async fn assert_model_loads_as_replayed(&self) {
+        let Some(a) = self.contexts.assignments.as_ref() else {
+            return;
+        };
+        let (loaded, head) = tenure_assignments::load::load(&a.core.db).await.unwrap();
+        let replayed = tenure_assignments::load::replay(&a.core.log, head)
+            .await
+            .unwrap();
+        let differences = loaded.differences(&replayed);
+        assert!(
+            differences.is_empty(),
+            "the model loaded from the rows (here) and the one the log builds up to {head} (there) differ:\n{}",
+            differences.join("\n")
+        );
+    }
+
     /// Stops the server and starts it again on the same database, data directory and
     /// clock (a new port): what a restart after a crash or an upgrade looks like.
     pub async fn restart(&mut self) {
+        self.assert_model_loads_as_replayed().await;
         self.stop.cancel();
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
@@ -467,6 +487,7 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
+        self.assert_model_loads_as_replayed().await;
         self.stop.cancel();
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();

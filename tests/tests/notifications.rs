@@ -2116,8 +2116,8 @@ async fn an_activation_reevaluates_only_its_own_principal_and_role() {
     h.stop().await;
 }
 
-/// Appends one `InstanceActivated` per `(principal, request id)` to the assignments
-/// log in one commit, as the assignments context records activations: the
+/// Writes one activation row and its `InstanceActivated` per `(principal, request id)`
+/// to the assignments context in one commit, as that context records activations: the
 /// notifications context sees exactly what it would see after real activations,
 /// without the cost of hundreds of ActivateRoles calls in a debug build.
 async fn seed_activations(h: &Harness, who: &[(String, String)]) {
@@ -2125,6 +2125,29 @@ async fn seed_activations(h: &Harness, who: &[(String, String)]) {
     let mut uow = core.begin().await.unwrap();
     let now = uow.now();
     for (p, request) in who {
+        // The row with its event, as the assignments context writes them (a restart
+        // loads its model from the rows).
+        tenure_assignments::store::insert_activation(
+            &mut uow,
+            &tenure_assignments::store::ActivationRow {
+                id: format!("instance-{request}"),
+                request_id: request.clone(),
+                eligibility_id: String::new(),
+                principal_id: p.clone(),
+                role_id: BILLING.into(),
+                scope_id: "/".into(),
+                start_at: tenure_platform::clock::to_micros(now),
+                end_at: tenure_platform::clock::to_micros(now + TimeDelta::days(30)),
+                ended_at: None,
+                end_reason: 0,
+                justification: String::new(),
+                ticket_number: String::new(),
+                ticket_system: String::new(),
+                created_at: tenure_platform::clock::to_micros(now),
+            },
+        )
+        .await
+        .unwrap();
         let instance = asg::Instance {
             id: format!("instance-{request}"),
             assignment_type: AssignmentType::Active.into(),

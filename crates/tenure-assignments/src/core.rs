@@ -1,5 +1,6 @@
 //! The assignments context's application core, shared by its gRPC services: storage, the
-//! event log, the clock, and the access model kept as a projection of the log.
+//! event log, the clock, and the access model kept as a projection of the log (filled at
+//! start from the current rows, [`crate::load`]).
 //!
 //! # Consistency of the access model
 //! Every change commits with its events ([`Core::commit`]). The projector task follows
@@ -77,28 +78,21 @@ impl Core {
         })
     }
 
-    /// Replays the log into the model, then follows it until `stop`.
+    /// Fills the model from the current rows ([`crate::load`]), then follows the log
+    /// from the sequence they are as of, until `stop`.
     pub async fn start(self: &Arc<Self>, stop: &CancellationToken) -> anyhow::Result<()> {
-        // Replay what is committed now, synchronously, so the server answers from a full
-        // model from its first call.
-        let mut after = 0;
-        loop {
-            let batch = self.log.read_after(after, 5000).await?;
-            let Some(last) = batch
-                .last()
-                .and_then(|e| e.meta.as_ref())
-                .map(|m| m.sequence)
-            else {
-                break;
-            };
-            {
-                let mut m = self.model_mut();
-                for e in &batch {
-                    m.apply(e);
-                }
-            }
-            after = last;
-        }
+        // Load what is committed now, before the server listens, so it answers from a
+        // full model from its first call.
+        let started = std::time::Instant::now();
+        let (model, after) = crate::load::load(&self.db).await?;
+        tracing::info!(
+            grants = model.grant_count(),
+            principals = model.principals.len(),
+            sequence = after,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "access model loaded"
+        );
+        *self.model_mut() = model;
         self.applied.send_replace(after);
         let core = Arc::clone(self);
         let stop = stop.clone();

@@ -22,6 +22,7 @@ pub mod core;
 pub mod directory_rules;
 pub mod drift_store;
 pub mod expiry;
+pub mod load;
 pub mod model;
 pub mod policy;
 pub mod schema;

@@ -18,7 +18,7 @@ use tenure_proto::common::v1::{AssignmentType, MemberType, PrincipalType, ScopeT
 pub type Id = Arc<str>;
 
 /// What the model keeps of a principal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrincipalInfo {
     /// User, group or service principal.
     pub principal_type: PrincipalType,
@@ -31,7 +31,7 @@ pub struct PrincipalInfo {
 }
 
 /// What the model keeps of a scope.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScopeInfo {
     /// The parent (None only for the root "/").
     pub parent: Option<Id>,
@@ -42,7 +42,7 @@ pub struct ScopeInfo {
 }
 
 /// What the model keeps of a role definition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleInfo {
     /// Display name.
     pub display_name: Arc<str>,
@@ -62,7 +62,7 @@ pub enum GrantSource {
 }
 
 /// One assignment or activation of a role to a principal at a scope.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantEntry {
     /// The assignment id or the activation instance id.
     pub id: Id,
@@ -253,13 +253,32 @@ impl Model {
         self.insert_grant(g);
     }
 
-    /// Adds or replaces a grant whose principal, role and scope are interned already.
+    /// Adds or replaces a role (its id interned here).
+    pub fn insert_role(&mut self, id: &str, info: RoleInfo) {
+        let id = self.intern(id);
+        self.roles.insert(id, info);
+    }
+
+    /// Adds or replaces a grant whose principal, role and scope are interned already
+    /// ([`Model::intern`]; one that is not only costs memory).
     /// Its id is not interned: ids are unique, and interned strings are kept for good,
     /// so interning them only grew the set by every grant ever held.
-    fn insert_grant(&mut self, g: GrantEntry) {
-        self.remove_grant(&g.id);
-        self.grant_owner.insert(g.id.clone(), g.principal.clone());
-        self.grants.entry(g.principal.clone()).or_default().push(g);
+    pub fn insert_grant(&mut self, g: GrantEntry) {
+        // One lookup of the id whether it is new (the load's every grant) or replaces one.
+        if let Some(owner) = self.grant_owner.insert(g.id.clone(), g.principal.clone())
+            && let Some(list) = self.grants.get_mut(&owner)
+        {
+            list.retain(|old| old.id != g.id);
+            if list.is_empty() {
+                self.grants.remove(&owner);
+            }
+        }
+        match self.grants.get_mut(&g.principal) {
+            Some(list) => list.push(g),
+            None => {
+                self.grants.insert(g.principal.clone(), vec![g]);
+            }
+        }
     }
 
     /// Removes a grant by id (no-op when absent).
@@ -501,6 +520,71 @@ impl Model {
             .cloned()
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// How this model differs from `other` in what it holds (the interned strings
+    /// aside, and group entries left empty by removals): one line per difference, empty
+    /// when they hold the same. Grants are compared by id, whatever their order.
+    pub fn differences(&self, other: &Model) -> Vec<String> {
+        fn keyed<'a, V: PartialEq + std::fmt::Debug>(
+            out: &mut Vec<String>,
+            what: &str,
+            a: impl Iterator<Item = (&'a Id, V)>,
+            b: impl Iterator<Item = (&'a Id, V)>,
+        ) {
+            let a: std::collections::BTreeMap<&Id, V> = a.collect();
+            let b: std::collections::BTreeMap<&Id, V> = b.collect();
+            for (k, va) in &a {
+                match b.get(k) {
+                    None => out.push(format!("{what} {k}: {va:?} here, absent there")),
+                    Some(vb) if vb != va => {
+                        out.push(format!("{what} {k}: {va:?} here, {vb:?} there"));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (k, vb) in &b {
+                if !a.contains_key(k) {
+                    out.push(format!("{what} {k}: absent here, {vb:?} there"));
+                }
+            }
+        }
+        fn sorted(set: &HashSet<Id>) -> Vec<&Id> {
+            let mut v: Vec<&Id> = set.iter().collect();
+            v.sort();
+            v
+        }
+        let mut out = Vec::new();
+        keyed(
+            &mut out,
+            "principal",
+            self.principals.iter(),
+            other.principals.iter(),
+        );
+        keyed(&mut out, "scope", self.scopes.iter(), other.scopes.iter());
+        keyed(&mut out, "role", self.roles.iter(), other.roles.iter());
+        for (what, a, b) in [
+            ("groups of", &self.groups_of, &other.groups_of),
+            ("members of", &self.members_of, &other.members_of),
+        ] {
+            keyed(
+                &mut out,
+                what,
+                a.iter()
+                    .filter(|(_, s)| !s.is_empty())
+                    .map(|(k, s)| (k, sorted(s))),
+                b.iter()
+                    .filter(|(_, s)| !s.is_empty())
+                    .map(|(k, s)| (k, sorted(s))),
+            );
+        }
+        keyed(
+            &mut out,
+            "grant",
+            self.grants.values().flatten().map(|g| (&g.id, g)),
+            other.grants.values().flatten().map(|g| (&g.id, g)),
+        );
         out
     }
 
@@ -976,8 +1060,45 @@ mod tests {
         grant(&mut m, "a1", "ferry", "reader", "/", 0, Some(5));
         assert_eq!(m.grant_count(), 1);
         assert_eq!(m.grant("a1").unwrap().end, Some(5));
+        // Replaced under another principal: it leaves the first one's list.
+        user(&mut m, "kenneth");
+        grant(&mut m, "a1", "kenneth", "reader", "/", 0, Some(5));
+        assert_eq!(m.grant_count(), 1);
+        assert!(!m.grants.contains_key("ferry"));
+        assert_eq!(&*m.grant("a1").unwrap().principal, "kenneth");
         m.remove_grant("a1");
         assert_eq!(m.grant_count(), 0);
         assert!(m.grants.is_empty());
+    }
+
+    #[test]
+    fn differences_name_what_one_model_holds_and_the_other_does_not() {
+        let build = |end: i64| {
+            let mut m = Model::default();
+            tree(&mut m);
+            user(&mut m, "ferry");
+            group(&mut m, "g");
+            m.add_member("g", "ferry");
+            grant(&mut m, "a1", "ferry", "reader", "/", 0, Some(end));
+            m
+        };
+        assert!(build(10).differences(&build(10)).is_empty());
+
+        // Another end, a membership gone (its empty entries do not count), a grant more.
+        let (a, mut b) = (build(10), build(20));
+        b.remove_member("g", "ferry");
+        grant(&mut b, "a2", "ferry", "owner", "/", 0, None);
+        let d = b.differences(&a);
+        assert_eq!(d.len(), 4, "{d:#?}");
+        assert!(d[0].starts_with("groups of ferry: absent here"), "{d:#?}");
+        assert!(d[1].starts_with("members of g: absent here"), "{d:#?}");
+        assert!(
+            d[2].starts_with("grant a1: ") && d[2].contains("end: Some(20)"),
+            "{d:#?}"
+        );
+        assert!(
+            d[3].starts_with("grant a2: ") && d[3].ends_with("absent there"),
+            "{d:#?}"
+        );
     }
 }

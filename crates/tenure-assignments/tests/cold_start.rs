@@ -1,9 +1,10 @@
-//! Where the cold start's time goes: the server rebuilds the access model by replaying
-//! this context's event log (`Core::start`). This seeds N `AssignmentCreated` events
-//! (default 100,000; `TENURE_COLD_START_EVENTS`), then times the phases of a replay
-//! separately (reading the rows, decoding the events, applying them to a model) and the
-//! whole restart of the assignments context, and checks the replayed model holds every
-//! grant.
+//! Where the cold start's time goes: the server fills the access model from the current
+//! rows (`Core::start`, `tenure_assignments::load`); it used to replay this context's
+//! event log. This seeds N assignments with their `AssignmentCreated` events (default
+//! 100,000; `TENURE_COLD_START_EVENTS`), then times the load, the phases of a replay
+//! (reading the rows, decoding the events, applying them to a model) and the whole
+//! restart of the assignments context, and checks both ways hold the same model.
+//! `TENURE_COLD_START_LOADS=N` repeats the load N more times (to profile it).
 //!
 //! Ignored by default (it takes tens of seconds in a debug build):
 //! `cargo test -p tenure-assignments --test cold_start -- --ignored --nocapture`
@@ -18,7 +19,8 @@ use common::*;
 use prost::Message as _;
 use sqlx::Row as _;
 use tenure_assignments::model::Model;
-use tenure_platform::clock::{Clock as _, to_proto};
+use tenure_assignments::{load, store};
+use tenure_platform::clock::Clock as _;
 use tenure_platform::events::NewEvent;
 use tenure_proto::assignments::v1 as pb;
 use tenure_proto::common::v1::AssignmentType;
@@ -55,45 +57,61 @@ async fn cold_start_phases_at_100k_assignments() {
     let t = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
         let mut uow = core.begin().await.unwrap();
+        let mut rows = Vec::with_capacity(chunk.len());
         for &i in chunk {
-            let a = pb::Assignment {
+            let new = store::NewAssignment {
                 id: uuid::Uuid::now_v7().to_string(),
                 assignment_type: if i % 2 == 0 {
                     AssignmentType::Active
                 } else {
                     AssignmentType::Eligible
-                }
-                .into(),
-                principal: Some(core.principal_ref(&users[i % users.len()])),
-                role: Some(core.role_ref(["owner", "contributor", "reader"][i % 3])),
-                scope: Some(core.scope_ref("/")),
-                start_time: Some(to_proto(now)),
-                end_time: Some(to_proto(now + chrono::TimeDelta::days(30))),
-                status: pb::AssignmentStatus::InEffect.into(),
+                },
+                principal_id: users[i % users.len()].clone(),
+                role_id: ["owner", "contributor", "reader"][i % 3].into(),
+                scope_id: "/".into(),
+                start: now,
+                end: Some(now + chrono::TimeDelta::days(30)),
                 justification: "benchmark data".into(),
-                created_by: ADMIN.into(),
-                create_time: Some(to_proto(now)),
-                updated_by: ADMIN.into(),
-                update_time: Some(to_proto(now)),
-                etag: "1".into(),
-                ..Default::default()
+                ticket: None,
+                actor: ADMIN.into(),
             };
-            let id = a.id.clone();
+            let a = store::assignment_proto(&core, &new.to_row(now), now);
             uow.emit(NewEvent::new(
                 pb::AssignmentCreated {
                     assignment: Some(a),
                 },
                 ADMIN,
-                id,
+                new.id.clone(),
             ));
+            rows.push(new);
         }
+        store::insert_assignments(&mut uow, &rows).await.unwrap();
         core.commit(uow).await.unwrap();
     }
-    eprintln!("seeded {n} AssignmentCreated events in {:?}", t.elapsed());
+    eprintln!(
+        "seeded {n} assignments with their events in {:?}",
+        t.elapsed()
+    );
     let grants = core.model().grant_count();
     assert!(grants >= n, "{grants} grants after seeding {n}");
 
-    // Phase 1: reading the rows, pages of 5,000 as Core::start does.
+    // How the server starts: the model from the current rows.
+    let t = Instant::now();
+    let (loaded, head) = load::load(&core.db).await.unwrap();
+    let load_time = t.elapsed();
+    for _ in 0..std::env::var("TENURE_COLD_START_LOADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+    {
+        let t = Instant::now();
+        let _ = load::load(&core.db).await.unwrap();
+        eprintln!("load again {:?}", t.elapsed());
+    }
+    assert_eq!(loaded.grant_count(), grants, "the load holds every grant");
+
+    // How it started before: replaying the log, timed by phase.
+    // Phase 1: reading the rows, pages of 5,000.
     let sql = "SELECT sequence, id, event_type, occurred_at, actor, subject, correlation_id, \
                traceparent, tracestate, payload FROM assignments_events \
                WHERE sequence > $1 ORDER BY sequence LIMIT $2";
@@ -132,23 +150,28 @@ async fn cold_start_phases_at_100k_assignments() {
     }
     let apply = t.elapsed();
     assert_eq!(m.grant_count(), grants, "the replay rebuilds every grant");
+    assert_eq!(after, head, "both are as of the same sequence");
+    assert!(
+        loaded.differences(&m).is_empty(),
+        "the loaded model and the replayed one differ"
+    );
     let bytes: usize = rows
         .iter()
         .map(|r| r.try_get::<Vec<u8>, _>("payload").unwrap().len())
         .sum();
     eprintln!(
-        "replay of {} events ({} MB of payload): read {read:?}, decode {decode:?}, apply {apply:?}",
+        "load from the rows: {load_time:?}; replay of {} events ({} MB of payload): read {read:?}, decode {decode:?}, apply {apply:?}",
         events.len(),
         bytes / 1_000_000
     );
-    drop((rows, events, m));
+    drop((rows, events, m, loaded));
 
-    // The whole restart (stopping, then starting: Core::start replays the log before the
+    // The whole restart (stopping, then starting: Core::start loads the model before the
     // server listens).
     let t = Instant::now();
     h.restart().await;
     let restart = t.elapsed();
     assert_eq!(h.core().model().grant_count(), grants);
-    eprintln!("restart (stop, replay and serve; all contexts: {all}) {restart:?}");
+    eprintln!("restart (stop, load and serve; all contexts: {all}) {restart:?}");
     h.stop().await;
 }

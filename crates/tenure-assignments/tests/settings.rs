@@ -59,19 +59,7 @@ async fn principal(h: &Harness, id: &str, ty: PrincipalType) {
 }
 
 async fn add_member(h: &Harness, group: &str, member: &str) {
-    let core = h.core();
-    let mut uow = core.begin().await.unwrap();
-    uow.emit(NewEvent::new(
-        pb::GroupMembersSet {
-            group: Some(core.principal_ref(group)),
-            added_members: vec![core.principal_ref(member)],
-            removed_members: vec![],
-            member_count: 1,
-        },
-        "system",
-        group,
-    ));
-    core.commit(uow).await.unwrap();
+    h.seed_membership(group, member).await;
 }
 
 /// Registers a subscription below the root through a unit of work.

@@ -17,6 +17,11 @@ use tenure_proto::common::v1::{AssignmentType, MemberType, PrincipalType, ScopeT
 /// Interned string.
 pub type Id = Arc<str>;
 
+/// The hasher of the two maps a start fills with every grant and every name: SipHash
+/// was a tenth of the model's load at 1,000,000 grants (BENCHMARKS.md, session 8).
+/// foldhash is seeded per process; the grant ids it hashes are the server's own UUIDs.
+type FastHash = foldhash::fast::RandomState;
+
 /// What the model keeps of a principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrincipalInfo {
@@ -133,8 +138,8 @@ pub struct Model {
     /// Grants by the principal they are assigned to.
     pub grants: HashMap<Id, Vec<GrantEntry>>,
     /// Where each grant id lives (its principal), to remove or change it.
-    grant_owner: HashMap<Id, Id>,
-    interned: HashSet<Id>,
+    grant_owner: HashMap<Id, Id, FastHash>,
+    interned: HashSet<Id, FastHash>,
 }
 
 /// The micros of a protobuf timestamp (0 when unset).

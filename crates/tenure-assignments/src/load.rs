@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 
+use anyhow::Context as _;
 use futures::TryStreamExt as _;
 use serde::Deserialize;
 use sqlx::Row as _;
@@ -261,7 +262,9 @@ pub async fn load(db: &Db) -> anyhow::Result<(Model, i64)> {
     let mut m = Model::default();
     while let Some((table, batch)) = pages.recv().await {
         for page in &batch {
-            Table::apply(table, &mut m, page)?;
+            table
+                .apply(&mut m, page)
+                .with_context(|| format!("loading the access model from {}", table.query().0))?;
         }
     }
     let head = reader
@@ -286,7 +289,9 @@ async fn read(db: Db, send: Sender<(Table, Vec<String>)>) -> anyhow::Result<i64>
             .fetch_one(&mut *tx)
             .await?;
     for table in Table::ALL {
-        pages(&mut tx, backend, table, &send).await?;
+        pages(&mut tx, backend, table, &send)
+            .await
+            .with_context(|| format!("reading {} for the access model", table.query().0))?;
     }
     tx.rollback().await?;
     Ok(head)

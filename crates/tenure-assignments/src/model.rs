@@ -234,20 +234,16 @@ impl Model {
 
     /// Adds or replaces a role.
     pub fn upsert_role(&mut self, role: &pb::RoleDefinition) {
-        let id = self.intern(&role.id);
-        let permissions = role
-            .permissions
-            .iter()
-            .map(|p| Arc::from(p.as_str()))
-            .collect();
-        self.roles.insert(
-            id,
-            RoleInfo {
-                display_name: Arc::from(role.display_name.as_str()),
-                permissions,
-                kind: role.kind(),
-            },
-        );
+        let info = RoleInfo {
+            display_name: Arc::from(role.display_name.as_str()),
+            permissions: role
+                .permissions
+                .iter()
+                .map(|p| Arc::from(p.as_str()))
+                .collect(),
+            kind: role.kind(),
+        };
+        self.insert_role(&role.id, info);
     }
 
     /// Adds or replaces a grant.

@@ -43,10 +43,6 @@ async fn principal(h: &Harness, id: &str, ty: PrincipalType) {
     core.commit(uow).await.unwrap();
 }
 
-async fn add_member(h: &Harness, group: &str, member: &str) {
-    h.seed_membership(group, member).await;
-}
-
 async fn subscription(h: &Harness, id: &str) {
     let core = h.core();
     let mut uow = core.begin().await.unwrap();
@@ -401,7 +397,7 @@ async fn complete_reports_compare_only_their_subtree_and_role_kind() {
     principal(&h, "ann", PrincipalType::User).await;
     principal(&h, "devs", PrincipalType::Group).await;
     principal(&h, "bob", PrincipalType::User).await;
-    add_member(&h, "devs", "bob").await;
+    h.seed_membership("devs", "bob").await;
     let contributor = grant(&h, "ann", "contributor", SUB).await;
     grant(&h, "devs", "reader", SUB).await;
 

@@ -58,10 +58,6 @@ async fn principal(h: &Harness, id: &str, ty: PrincipalType) {
     core.commit(uow).await.unwrap();
 }
 
-async fn add_member(h: &Harness, group: &str, member: &str) {
-    h.seed_membership(group, member).await;
-}
-
 /// Registers a subscription below the root through a unit of work.
 async fn subscription(h: &Harness, id: &str) {
     let core = h.core();
@@ -1207,7 +1203,7 @@ async fn default_approvers_are_the_active_privileged_role_administrators_at_or_a
     principal(&h, "bob", PrincipalType::User).await;
     principal(&h, "cy", PrincipalType::User).await;
     principal(&h, "pra-group", PrincipalType::Group).await;
-    add_member(&h, "pra-group", "bob").await;
+    h.seed_membership("pra-group", "bob").await;
     grant(&h, "pra-group", "privileged-role-administrator", "/").await;
     grant(&h, "cy", "privileged-role-administrator", SUB).await;
 
